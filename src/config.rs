@@ -1,0 +1,202 @@
+//! Berth's one configuration struct. Every key has a default, so `berth serve` needs no file; a file only lists
+//! what differs. Unknown keys are refused so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::sqlite::Synchronous;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub storage: Storage,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Addresses to listen on. An IPv6 listener is IPv6-only, so `0.0.0.0:P` and `[::]:P` coexist.
+    pub listen: Vec<String>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Directory holding blobs (`blobs/`, `uploads/`, `tmp/`) and the SQLite database (`berth.db`).
+    pub data_dir: PathBuf,
+    /// `full`: every commit is fsync'd (an acknowledged push survives power loss). `normal`: faster, survives a
+    /// process crash but may lose the last acknowledged writes on power loss.
+    pub sqlite_synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest manifest accepted on push (the spec's recommended floor is 4 MiB).
+    pub max_manifest_size: ByteSize,
+    /// Upload sessions older than this are discarded with their bytes.
+    #[serde(with = "humantime_serde")]
+    pub upload_expiry: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `human` or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `berth=debug,tower_http=info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()], shutdown_timeout: Duration::from_secs(30) }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { data_dir: PathBuf::from("./berth-data"), sqlite_synchronous: Synchronous::Full }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_manifest_size: ByteSize::mib(4), upload_expiry: Duration::from_secs(24 * 3600) }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { server: Server::default(), storage: Storage::default(), limits: Limits::default(), log: Log::default() }
+    }
+}
+
+/// The full default configuration with every key explained; `berth config default` prints it.
+pub const DEFAULT_TOML: &str = r#"# berth configuration. Every key is optional; the values below are the defaults.
+# Command-line flags (--listen, --data-dir) and BERTH_* environment variables override this file.
+
+[server]
+# Addresses to listen on. IPv6 listeners are IPv6-only, so both families can share a port.
+listen = ["0.0.0.0:5000", "[::]:5000"]
+# After SIGTERM/SIGINT, in-flight requests get this long to finish.
+shutdown_timeout = "30s"
+
+[storage]
+# Blobs (blobs/, uploads/, tmp/) and the SQLite metadata database (berth.db) live here.
+data_dir = "./berth-data"
+# "full": fsync every metadata commit, so an acknowledged push survives power loss.
+# "normal": faster; survives a crash of berth, may lose the last acknowledged writes on power loss.
+sqlite_synchronous = "full"
+
+[limits]
+# Largest manifest accepted on push.
+max_manifest_size = "4.0 MiB"
+# Upload sessions older than this are discarded together with their bytes.
+upload_expiry = "24h"
+
+[log]
+# "human" or "json" (one object per line).
+format = "human"
+# A tracing filter, e.g. "info" or "berth=debug". RUST_LOG overrides it.
+level = "info"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads a config file (or the defaults when `path` is `None`) and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse { path: p.into(), message })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error is one line naming the offending key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.message().trim().replace('\n', " "))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_empty() {
+            return Err(ConfigError::Invalid("server.listen must name at least one address".into()));
+        }
+        for l in &self.server.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Invalid(format!("server.listen: {l:?} is not an address:port ({e})")))?;
+        }
+        if self.limits.max_manifest_size.as_u64() == 0 {
+            return Err(ConfigError::Invalid("limits.max_manifest_size must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(Config::parse(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::parse("[server]\nlisten = [\"127.0.0.1:1\"]\nlisen = 3\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::parse("[storrage]\n").unwrap_err();
+        assert!(err.contains("storrage"), "{err}");
+    }
+
+    #[test]
+    fn human_sizes_and_durations() {
+        let c = Config::parse("[limits]\nmax_manifest_size = \"1 MiB\"\nupload_expiry = \"15m\"\n").unwrap();
+        assert_eq!(c.limits.max_manifest_size.as_u64(), 1 << 20);
+        assert_eq!(c.limits.upload_expiry, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn bad_listen_address_is_invalid() {
+        let mut c = Config::default();
+        c.server.listen = vec!["localhost".into()];
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! berth: a self-hosted OCI registry and pull-through cache. The binary (`main.rs`) is a thin CLI over this library.
+
+pub mod config;
+pub mod http;
+pub mod meta;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -1,0 +1,105 @@
+//! The `berth` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use berth::config::{Config, DEFAULT_TOML, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A self-hosted OCI registry and pull-through cache")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML); see `berth config default`.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:5000 (repeatable; replaces server.listen).
+    #[arg(long, env = "BERTH_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Data directory (replaces storage.data_dir).
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry server.
+    Serve(ServeArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration, every key commented.
+    Default,
+    /// Check a config file and print the effective configuration.
+    Check {
+        #[arg(long, env = "BERTH_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if !args.listen.is_empty() {
+        config.server.listen = args.listen.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        config.storage.data_dir = d.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(Some(path))?;
+    print!("{}", toml::to_string_pretty(&config)?);
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => load(&args).and_then(|config| {
+            init_logging(&config);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(berth::server::serve(config))
+        }),
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Check { config } } => check_config(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, as a bad config must produce.
+            eprintln!("berth: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

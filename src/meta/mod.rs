@@ -1,0 +1,163 @@
+//! The metadata store: the source of truth for what exists (design §4). Every operation that must be atomic with
+//! respect to the invariants (§5) is one method here, implemented as one transaction by each backend, so the domain
+//! never composes multi-step writes that could interleave with another request.
+
+pub mod sqlite;
+
+use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database error: {0}")]
+    Database(String),
+    #[error("stored metadata is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for MetaError {
+    fn from(e: rusqlite::Error) -> Self {
+        MetaError::Database(e.to_string())
+    }
+}
+
+/// A manifest as the registry indexes it. Its bytes are a blob in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    pub size: u64,
+    /// The manifest's top-level annotations as JSON, served by the referrers API.
+    pub annotations: Option<String>,
+}
+
+/// What a manifest references, as recorded in `manifest_ref`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Config,
+    Layer,
+    /// A manifest referenced by an index.
+    Child,
+}
+
+impl RefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Config => "config",
+            RefKind::Layer => "layer",
+            RefKind::Child => "child",
+        }
+    }
+}
+
+/// A reference of a manifest being stored, with the size the manifest claims for it.
+#[derive(Debug, Clone)]
+pub struct NewRef {
+    pub digest: Digest,
+    pub size: u64,
+    pub kind: RefKind,
+}
+
+/// Everything `put_manifest` writes in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub repo: RepoName,
+    pub record: ManifestRecord,
+    pub refs: Vec<NewRef>,
+    pub tags: Vec<Tag>,
+}
+
+/// Why a manifest cannot be stored: invariant 1 would break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestRejection {
+    /// Referenced blobs or child manifests that are not in the repository.
+    Missing(Vec<Digest>),
+    /// A reference whose declared size differs from the stored object's.
+    SizeMismatch { digest: Digest, declared: u64, actual: u64 },
+}
+
+/// Outcome of removing a manifest or a blob link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveOutcome {
+    Removed,
+    NotFound,
+    /// Still referenced by this manifest in the same repository; removing would leave a dangling reference.
+    ReferencedBy(Digest),
+}
+
+/// An upload session (the bytes live in the blob store under the same id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub id: String,
+    pub repo: RepoName,
+    pub algorithm: Algorithm,
+    pub started_at: i64,
+}
+
+/// Pagination of a lexically ordered listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Return at most this many; `None` means no limit.
+    pub n: Option<usize>,
+    /// Start strictly after this entry.
+    pub last: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Records a verified blob (its bytes are already published) and links it into `repo`.
+    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), MetaError>;
+
+    /// Size of a blob linked into `repo`, or `None` when it is not visible there.
+    async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError>;
+
+    /// Links an existing blob into `repo` if it is linked in `from` (or, with no `from`, in any repository).
+    /// Returns the blob's size, or `None` when there is nothing to mount.
+    async fn mount_blob(&self, repo: &RepoName, from: Option<&RepoName>, digest: &Digest)
+    -> Result<Option<u64>, MetaError>;
+
+    /// Removes a blob's link from `repo`, refused while a manifest there references it.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError>;
+
+    /// Stores a manifest, its references and tags in one transaction, after checking that every referenced blob and
+    /// child exists in the repository.
+    async fn put_manifest(&self, m: NewManifest) -> Result<Result<(), ManifestRejection>, MetaError>;
+
+    /// A manifest by digest.
+    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError>;
+
+    /// The manifest a tag points at.
+    async fn tagged_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>, MetaError>;
+
+    /// Deletes a manifest and every tag pointing at it, refused while an index in the repository references it.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError>;
+
+    /// Removes a tag (the manifest stays). False when there was no such tag.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
+
+    /// Tags of a repository in lexical order, or `None` when the repository does not exist.
+    async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>, MetaError>;
+
+    /// Repository names in lexical order.
+    async fn list_repositories(&self, page: &Page) -> Result<Vec<String>, MetaError>;
+
+    /// Manifests in `repo` whose subject is `subject`, optionally only those of one artifact type.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ManifestRecord>, MetaError>;
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError>;
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError>;
+    async fn delete_upload(&self, id: &str) -> Result<(), MetaError>;
+    /// Ids of sessions started before `started_before` (unix seconds).
+    async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

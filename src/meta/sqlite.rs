@@ -1,0 +1,553 @@
+//! SQLite metadata store (single-node shape). WAL mode: readers never block the writer; SQLite serialises writers,
+//! and every invariant-bearing write is one `BEGIN IMMEDIATE` transaction, so checks and writes cannot interleave.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page, RefKind, RemoveOutcome,
+    UploadRecord, now,
+};
+use crate::oci::{Digest, RepoName, name::Tag};
+
+/// Versioned schema; `user_version` records how far a database has been migrated.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE repository (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL DEFAULT 'private',
+    mirror TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE blob (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_access INTEGER NOT NULL
+);
+CREATE TABLE repo_blob (
+    repo INTEGER NOT NULL REFERENCES repository(id),
+    digest TEXT NOT NULL REFERENCES blob(digest),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX repo_blob_digest ON repo_blob(digest);
+CREATE TABLE manifest (
+    repo INTEGER NOT NULL REFERENCES repository(id),
+    digest TEXT NOT NULL REFERENCES blob(digest),
+    media_type TEXT NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    size INTEGER NOT NULL,
+    annotations TEXT,
+    created_at INTEGER NOT NULL,
+    last_pulled INTEGER,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX manifest_subject ON manifest(repo, subject) WHERE subject IS NOT NULL;
+CREATE TABLE manifest_ref (
+    repo INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    child TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (repo, manifest, child, kind),
+    FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX manifest_ref_child ON manifest_ref(repo, child);
+CREATE TABLE tag (
+    repo INTEGER NOT NULL REFERENCES repository(id),
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (repo, name),
+    FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX tag_manifest ON tag(repo, manifest);
+CREATE TABLE upload (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    started_at INTEGER NOT NULL
+);
+"#];
+
+/// How much SQLite syncs on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: an acknowledged push survives power loss.
+    Full,
+    /// fsync only at checkpoints: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+pub struct SqliteMetadataStore {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: std::path::PathBuf,
+    synchronous: Synchronous,
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> Result<(), MetaError> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), MetaError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(MetaError::Corrupt(format!(
+            "database schema version {version} is newer than this berth understands ({}); upgrade berth",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteMetadataStore {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteMetadataStore, MetaError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| MetaError::Database(format!("{}: {e}", parent.display())))?;
+        }
+        let mut writer = Connection::open(path)?;
+        configure(&writer, synchronous)?;
+        migrate(&mut writer)?;
+        Ok(SqliteMetadataStore {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_path_buf(),
+            synchronous,
+        })
+    }
+
+    /// Runs `f` on the writer connection on a blocking thread.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut writer.lock()))
+            .await
+            .map_err(|e| MetaError::Database(format!("metadata task failed: {e}")))?
+    }
+
+    /// Runs `f` on a pooled read connection on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        let synchronous = self.synchronous;
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open(&path)?;
+                    configure(&c, synchronous)?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            readers.lock().push(conn);
+            out
+        })
+        .await
+        .map_err(|e| MetaError::Database(format!("metadata task failed: {e}")))?
+    }
+}
+
+fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM repository WHERE name = ?1")?.query_row([repo], |r| r.get(0)).optional()
+}
+
+fn ensure_repo(conn: &Connection, repo: &str) -> rusqlite::Result<i64> {
+    if let Some(id) = repo_id(conn, repo)? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO repository (name, created_at) VALUES (?1, ?2)")?.execute(params![repo, now()])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn insert_blob(conn: &Connection, digest: &str, size: u64) -> rusqlite::Result<()> {
+    let t = now();
+    conn.prepare_cached("INSERT OR IGNORE INTO blob (digest, size, created_at, last_access) VALUES (?1, ?2, ?3, ?3)")?
+        .execute(params![digest, size as i64, t])?;
+    Ok(())
+}
+
+fn parse_digest(s: String) -> Result<Digest, MetaError> {
+    s.parse().map_err(|e| MetaError::Corrupt(format!("bad digest {s:?} in database: {e}")))
+}
+
+const MANIFEST_COLUMNS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.size, m.annotations";
+
+type ManifestRow = (String, String, Option<String>, Option<String>, i64, Option<String>);
+
+fn manifest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_record(row: ManifestRow) -> Result<ManifestRecord, MetaError> {
+    let (digest, media_type, artifact_type, subject, size, annotations) = row;
+    Ok(ManifestRecord {
+        digest: parse_digest(digest)?,
+        media_type,
+        artifact_type,
+        subject: subject.map(parse_digest).transpose()?,
+        size: size as u64,
+        annotations,
+    })
+}
+
+/// Applies `n`/`last` to a sorted listing query built as `base` + optional `AND col > ?` + `ORDER BY col LIMIT ?`.
+fn paged(conn: &Connection, sql_head: &str, col: &str, key: Option<i64>, page: &Page) -> Result<Vec<String>, MetaError> {
+    let limit = page.n.map(|n| n as i64).unwrap_or(-1);
+    let last = page.last.clone().unwrap_or_default();
+    let sql = format!("{sql_head} AND {col} > ?1 ORDER BY {col} LIMIT ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = match key {
+        Some(k) => stmt.query_map(params![last, limit, k], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>(),
+        None => stmt.query_map(params![last, limit], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>(),
+    };
+    Ok(rows?)
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for SqliteMetadataStore {
+    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id = ensure_repo(&tx, &repo)?;
+            insert_blob(&tx, &digest, size)?;
+            tx.prepare_cached("INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, digest, now()])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |conn| {
+            let size: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT b.size FROM repo_blob rb JOIN repository r ON r.id = rb.repo JOIN blob b ON b.digest = rb.digest
+                     WHERE r.name = ?1 AND rb.digest = ?2",
+                )?
+                .query_row(params![repo, digest], |r| r.get(0))
+                .optional()?;
+            Ok(size.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: Option<&RepoName>,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError> {
+        let (repo, from, digest) = (repo.to_string(), from.map(|f| f.to_string()), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let size: Option<i64> = match &from {
+                Some(from) => tx
+                    .prepare_cached(
+                        "SELECT b.size FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                         JOIN blob b ON b.digest = rb.digest WHERE r.name = ?1 AND rb.digest = ?2",
+                    )?
+                    .query_row(params![from, digest], |r| r.get(0))
+                    .optional()?,
+                None => tx
+                    .prepare_cached(
+                        "SELECT b.size FROM blob b WHERE b.digest = ?1
+                         AND EXISTS (SELECT 1 FROM repo_blob rb WHERE rb.digest = b.digest)",
+                    )?
+                    .query_row(params![digest], |r| r.get(0))
+                    .optional()?,
+            };
+            let Some(size) = size else { return Ok(None) };
+            let id = ensure_repo(&tx, &repo)?;
+            tx.prepare_cached("INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, digest, now()])?;
+            tx.commit()?;
+            Ok(Some(size as u64))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(id) = repo_id(&tx, &repo)? else { return Ok(RemoveOutcome::NotFound) };
+            let user: Option<String> = tx
+                .prepare_cached(
+                    "SELECT manifest FROM manifest_ref WHERE repo = ?1 AND child = ?2 AND kind IN ('config', 'layer') LIMIT 1",
+                )?
+                .query_row(params![id, digest], |r| r.get(0))
+                .optional()?;
+            if let Some(m) = user {
+                return Ok(RemoveOutcome::ReferencedBy(parse_digest(m)?));
+            }
+            let n = tx.prepare_cached("DELETE FROM repo_blob WHERE repo = ?1 AND digest = ?2")?.execute(params![id, digest])?;
+            tx.commit()?;
+            Ok(if n == 0 { RemoveOutcome::NotFound } else { RemoveOutcome::Removed })
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, m: NewManifest) -> Result<Result<(), ManifestRejection>, MetaError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id = ensure_repo(&tx, m.repo.as_str())?;
+            let mut missing = Vec::new();
+            for r in &m.refs {
+                let d = r.digest.to_string();
+                let actual: Option<i64> = match r.kind {
+                    RefKind::Config | RefKind::Layer => tx
+                        .prepare_cached(
+                            "SELECT b.size FROM repo_blob rb JOIN blob b ON b.digest = rb.digest WHERE rb.repo = ?1 AND rb.digest = ?2",
+                        )?
+                        .query_row(params![id, d], |r| r.get(0))
+                        .optional()?,
+                    RefKind::Child => tx
+                        .prepare_cached("SELECT size FROM manifest WHERE repo = ?1 AND digest = ?2")?
+                        .query_row(params![id, d], |r| r.get(0))
+                        .optional()?,
+                };
+                match actual {
+                    None => missing.push(r.digest.clone()),
+                    Some(a) if a as u64 != r.size => {
+                        return Ok(Err(ManifestRejection::SizeMismatch {
+                            digest: r.digest.clone(),
+                            declared: r.size,
+                            actual: a as u64,
+                        }));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if !missing.is_empty() {
+                missing.sort();
+                missing.dedup();
+                return Ok(Err(ManifestRejection::Missing(missing)));
+            }
+            let rec = &m.record;
+            let digest = rec.digest.to_string();
+            let t = now();
+            insert_blob(&tx, &digest, rec.size)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO manifest (repo, digest, media_type, artifact_type, subject, size, annotations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id,
+                digest,
+                rec.media_type,
+                rec.artifact_type,
+                rec.subject.as_ref().map(|s| s.to_string()),
+                rec.size as i64,
+                rec.annotations,
+                t
+            ])?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO manifest_ref (repo, manifest, child, kind) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for r in &m.refs {
+                    ins.execute(params![id, digest, r.digest.to_string(), r.kind.as_str()])?;
+                }
+                let mut tag = tx.prepare_cached(
+                    "INSERT INTO tag (repo, name, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repo, name) DO UPDATE SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+                )?;
+                for t_name in &m.tags {
+                    tag.execute(params![id, t_name.as_str(), digest, t])?;
+                }
+            }
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo WHERE r.name = ?1 AND m.digest = ?2"
+            );
+            conn.prepare_cached(&sql)?
+                .query_row(params![repo, digest], manifest_row)
+                .optional()?
+                .map(to_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn tagged_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>, MetaError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {MANIFEST_COLUMNS} FROM tag t JOIN repository r ON r.id = t.repo
+                 JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest WHERE r.name = ?1 AND t.name = ?2"
+            );
+            conn.prepare_cached(&sql)?.query_row(params![repo, tag], manifest_row).optional()?.map(to_record).transpose()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(id) = repo_id(&tx, &repo)? else { return Ok(RemoveOutcome::NotFound) };
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM manifest WHERE repo = ?1 AND digest = ?2")?
+                .exists(params![id, digest])?;
+            if !exists {
+                return Ok(RemoveOutcome::NotFound);
+            }
+            let parent: Option<String> = tx
+                .prepare_cached(
+                    "SELECT manifest FROM manifest_ref WHERE repo = ?1 AND child = ?2 AND kind = 'child' AND manifest != ?2 LIMIT 1",
+                )?
+                .query_row(params![id, digest], |r| r.get(0))
+                .optional()?;
+            if let Some(p) = parent {
+                return Ok(RemoveOutcome::ReferencedBy(parse_digest(p)?));
+            }
+            tx.prepare_cached("DELETE FROM tag WHERE repo = ?1 AND manifest = ?2")?.execute(params![id, digest])?;
+            tx.prepare_cached("DELETE FROM manifest_ref WHERE repo = ?1 AND manifest = ?2")?.execute(params![id, digest])?;
+            tx.prepare_cached("DELETE FROM manifest WHERE repo = ?1 AND digest = ?2")?.execute(params![id, digest])?;
+            tx.commit()?;
+            Ok(RemoveOutcome::Removed)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM tag WHERE repo = (SELECT id FROM repository WHERE name = ?1) AND name = ?2",
+                )?
+                .execute(params![repo, tag])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>, MetaError> {
+        let repo = repo.to_string();
+        let page = page.clone();
+        self.read(move |conn| {
+            let Some(id) = repo_id(conn, &repo)? else { return Ok(None) };
+            paged(conn, "SELECT name FROM tag WHERE repo = ?3", "name", Some(id), &page).map(Some)
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, page: &Page) -> Result<Vec<String>, MetaError> {
+        let page = page.clone();
+        self.read(move |conn| paged(conn, "SELECT name FROM repository WHERE 1", "name", None, &page)).await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ManifestRecord>, MetaError> {
+        let (repo, subject, at) = (repo.to_string(), subject.to_string(), artifact_type.map(str::to_owned));
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
+                 WHERE r.name = ?1 AND m.subject = ?2 AND (?3 IS NULL OR m.artifact_type = ?3) ORDER BY m.digest"
+            );
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map(params![repo, subject, at], manifest_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_record).collect()
+        })
+        .await
+    }
+
+    async fn create_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
+        let u = u.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT INTO upload (id, repo, algorithm, started_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![u.id, u.repo.as_str(), u.algorithm.as_str(), u.started_at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let row: Option<(String, String, String, i64)> = conn
+                .prepare_cached("SELECT id, repo, algorithm, started_at FROM upload WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            row.map(|(id, repo, alg, started_at)| {
+                Ok(UploadRecord {
+                    id,
+                    repo: repo.parse().map_err(|e| MetaError::Corrupt(format!("upload repository: {e}")))?,
+                    algorithm: alg.parse().map_err(|e| MetaError::Corrupt(format!("upload algorithm: {e}")))?,
+                    started_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<(), MetaError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM upload WHERE id = ?1")?.execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError> {
+        self.read(move |conn| {
+            let ids = conn
+                .prepare_cached("SELECT id FROM upload WHERE started_at < ?1")?
+                .query_map([started_before], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+}

@@ -1,0 +1,87 @@
+//! The registry's one error type. Variants are the OCI error codes (plus the few statuses the spec adds without a
+//! code); `http::error` is the single place that turns them into a status and a JSON body.
+
+use crate::meta::MetaError;
+use crate::oci::{Digest, ManifestError, NameError};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(Digest),
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    /// A chunk that does not start at the session's current offset (spec: 416).
+    #[error("chunk does not start at the upload's current offset {offset}")]
+    UploadOutOfOrder { offset: u64 },
+    /// A `Content-Range` header that cannot be parsed (spec: 416).
+    #[error("invalid Content-Range: {0}")]
+    ContentRangeInvalid(String),
+    #[error("invalid pagination parameter: {0}")]
+    PaginationInvalid(String),
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references unknown blobs or manifests: {}", list(.0))]
+    ManifestBlobUnknown(Vec<Digest>),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("manifest is {size} bytes, over the {limit}-byte limit")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    #[error("requested range not satisfiable (blob is {size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Denied(String),
+    /// Refused because the object is still referenced (removing it would break invariant 1).
+    #[error("{0}")]
+    Referenced(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn list(ds: &[Digest]) -> String {
+    let mut s: Vec<String> = ds.iter().take(10).map(|d| d.to_string()).collect();
+    if ds.len() > 10 {
+        s.push(format!("and {} more", ds.len() - 10));
+    }
+    s.join(", ")
+}
+
+impl From<MetaError> for RegistryError {
+    fn from(e: MetaError) -> Self {
+        RegistryError::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        RegistryError::Internal(e.to_string())
+    }
+}
+
+impl From<ManifestError> for RegistryError {
+    fn from(e: ManifestError) -> Self {
+        RegistryError::ManifestInvalid(e.to_string())
+    }
+}
+
+impl From<NameError> for RegistryError {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::Digest(d) => RegistryError::DigestInvalid(d.to_string()),
+            NameError::Tag(_) => RegistryError::ManifestInvalid(e.to_string()),
+            other => RegistryError::NameInvalid(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The registry domain: push, pull, mount, delete, discovery. Enforces the invariants of design §5 on top of the two
+//! storage traits; knows nothing of HTTP. Each public method is one client-visible operation.
+
+mod error;
+mod manifests;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::RegistryError;
+pub use manifests::{ManifestCache, PutManifest, StoredManifest};
+pub use uploads::UploadStatus;
+
+use crate::meta::{MetadataStore, Page, RemoveOutcome};
+use crate::oci::{Digest, RepoName};
+use crate::store::{BlobReader, BlobStore, StoreError};
+
+/// Limits a deployment may tune (see `config::Limits`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_manifest_size: u64,
+    pub upload_expiry: Duration,
+}
+
+pub struct Registry {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetadataStore>,
+    limits: Limits,
+    uploads: uploads::UploadStates,
+    manifests: ManifestCache,
+}
+
+/// A blob ready to stream to a client.
+pub struct BlobDownload {
+    /// Total size of the blob.
+    pub size: u64,
+    /// The bytes to send (the whole blob or the requested range) and their length.
+    pub reader: BlobReader,
+}
+
+/// A byte range request, already parsed from `Range: bytes=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start-` or `start-end` (inclusive).
+    From { start: u64, end: Option<u64> },
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Resolves against a size into inclusive `(start, end)`, or `None` when unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::From { start, end } => {
+                if start >= size {
+                    return None;
+                }
+                let end = end.map_or(size - 1, |e| e.min(size - 1));
+                (start <= end).then_some((start, end))
+            }
+            ByteRange::Suffix(n) => (n > 0 && size > 0).then(|| (size.saturating_sub(n), size - 1)),
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, limits: Limits) -> Registry {
+        Registry { blobs, meta, limits, uploads: Default::default(), manifests: ManifestCache::new(64 << 20) }
+    }
+
+    pub fn max_manifest_size(&self) -> u64 {
+        self.limits.max_manifest_size
+    }
+
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
+    }
+
+    /// Size of a blob visible in `repo` (HEAD).
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
+        self.meta.repo_blob(repo, digest).await?.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    /// Opens a blob visible in `repo`, whole or a range of it. The stored object's real length is checked against the
+    /// metadata before any header is sent, so a damaged store yields an error, never a short 200 (invariant 2).
+    pub async fn open_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobDownload, RegistryError> {
+        let size = self.blob_size(repo, digest).await?;
+        let span = match range {
+            Some(r) => Some(r.resolve(size).ok_or(RegistryError::RangeNotSatisfiable { size })?),
+            None => None,
+        };
+        let reader = match self.blobs.open(digest, span).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound) | Err(StoreError::RangeOutsideObject) => {
+                tracing::error!(%digest, "blob row exists but its bytes are missing or short");
+                return Err(RegistryError::Internal(format!("stored data for {digest} is damaged")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let expected = span.map_or(size, |(s, e)| e - s + 1);
+        if reader.len != expected {
+            tracing::error!(%digest, expected, actual = reader.len, "blob bytes do not match recorded size");
+            return Err(RegistryError::Internal(format!("stored data for {digest} is damaged")));
+        }
+        Ok(BlobDownload { size, reader })
+    }
+
+    /// Links a blob already in the registry into `repo` (cross-repository mount). `None`: nothing to mount, the
+    /// client should upload instead.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: Option<&RepoName>,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        Ok(self.meta.mount_blob(repo, from, digest).await?)
+    }
+
+    /// Removes a blob from a repository. Refused while a manifest there still references it.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+        match self.meta.unlink_blob(repo, digest).await? {
+            RemoveOutcome::Removed => Ok(()),
+            RemoveOutcome::NotFound => Err(RegistryError::BlobUnknown(digest.clone())),
+            RemoveOutcome::ReferencedBy(m) => Err(RegistryError::Referenced(format!(
+                "blob {digest} is referenced by manifest {m} in {repo}; delete the manifest first"
+            ))),
+        }
+    }
+
+    /// Tags of a repository, paginated.
+    pub async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Vec<String>, RegistryError> {
+        self.meta.list_tags(repo, page).await?.ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
+    }
+
+    /// Repository names, paginated.
+    pub async fn catalog(&self, page: &Page) -> Result<Vec<String>, RegistryError> {
+        Ok(self.meta.list_repositories(page).await?)
+    }
+
+    /// Start-up housekeeping after a crash: staging files are dropped, and upload objects that no session owns
+    /// (e.g. a monolithic push cut short) are removed (invariant 7).
+    pub async fn reclaim_after_restart(&self) -> Result<(), RegistryError> {
+        let tmp = self.blobs.reclaim_temporaries().await?;
+        let mut orphans = 0;
+        for id in self.blobs.list_uploads().await? {
+            if self.meta.upload(&id).await?.is_none() {
+                self.blobs.delete_upload(&id).await?;
+                orphans += 1;
+            }
+        }
+        if tmp + orphans > 0 {
+            tracing::info!(temporary_files = tmp, orphan_uploads = orphans, "reclaimed leftovers of interrupted writes");
+        }
+        self.expire_uploads().await?;
+        Ok(())
+    }
+
+    /// Drops upload sessions older than the configured expiry, with their bytes.
+    pub async fn expire_uploads(&self) -> Result<usize, RegistryError> {
+        let cutoff = crate::meta::now() - self.limits.upload_expiry.as_secs() as i64;
+        let ids = self.meta.expired_uploads(cutoff).await?;
+        for id in &ids {
+            self.meta.delete_upload(id).await?;
+            self.blobs.delete_upload(id).await?;
+            self.uploads.forget(id);
+        }
+        if !ids.is_empty() {
+            tracing::info!(count = ids.len(), "expired stale upload sessions");
+        }
+        Ok(ids.len())
+    }
+}

@@ -1,0 +1,276 @@
+//! Blob uploads: sessions (POST → PATCH… → PUT), monolithic pushes, and publication of verified bytes.
+//!
+//! Bytes are hashed as they arrive and appended to the session's temporary object; the hash state stays in memory
+//! and is rebuilt from the stored bytes after a restart. A chunk is all-or-nothing: if the body breaks off or does
+//! not match its `Content-Range`, the session's offset and hash state are rolled back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{Registry, RegistryError};
+use crate::meta::{UploadRecord, now};
+use crate::oci::{Algorithm, Digest, DigestHasher, RepoName};
+use crate::store::{ByteStream, StoreError};
+
+/// Where a session stands, for `Location`/`Range` headers.
+#[derive(Debug, Clone)]
+pub struct UploadStatus {
+    pub id: String,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// In-memory state of a session: committed length and the hash of exactly those bytes.
+struct UploadState {
+    offset: u64,
+    hasher: DigestHasher,
+}
+
+/// Per-session state, each behind its own lock so chunks of one session are serialised and sessions never contend.
+#[derive(Default)]
+pub(super) struct UploadStates(parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<UploadState>>>>>);
+
+impl UploadStates {
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<UploadState>>> {
+        self.0.lock().entry(id.to_owned()).or_default().clone()
+    }
+
+    pub(super) fn forget(&self, id: &str) {
+        self.0.lock().remove(id);
+    }
+}
+
+/// Wraps a body so every chunk is hashed and counted as the store consumes it. With `limit`, a body longer than
+/// the declared chunk fails instead of being written.
+fn hashing(
+    body: ByteStream,
+    state: Arc<parking_lot::Mutex<(DigestHasher, u64)>>,
+    limit: Option<u64>,
+) -> ByteStream {
+    Box::pin(body.map(move |item| {
+        let chunk = item?;
+        let mut s = state.lock();
+        s.1 += chunk.len() as u64;
+        if limit.is_some_and(|l| s.1 > l) {
+            return Err(std::io::Error::other("body is longer than its Content-Range"));
+        }
+        s.0.update(&chunk);
+        Ok(chunk)
+    }))
+}
+
+fn empty_body() -> ByteStream {
+    Box::pin(futures_util::stream::empty::<std::io::Result<Bytes>>())
+}
+
+fn new_upload_id() -> String {
+    // 122 random bits: unguessable, and safe as a file name.
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Registry {
+    /// Opens an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadStatus, RegistryError> {
+        let id = new_upload_id();
+        self.blobs.create_upload(&id).await?;
+        let rec = UploadRecord { id: id.clone(), repo: repo.clone(), algorithm, started_at: now() };
+        if let Err(e) = self.meta.create_upload(&rec).await {
+            let _ = self.blobs.delete_upload(&id).await;
+            return Err(e.into());
+        }
+        *self.uploads.slot(&id).lock().await = Some(UploadState { offset: 0, hasher: algorithm.hasher() });
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    /// The session record, if it exists and belongs to `repo` (a session id is only valid under its repository).
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadRecord, RegistryError> {
+        match self.meta.upload(id).await? {
+            Some(rec) if &rec.repo == repo => Ok(rec),
+            _ => Err(RegistryError::BlobUploadUnknown),
+        }
+    }
+
+    /// Loads the session's state, rebuilding the hash from stored bytes when this process has not seen it
+    /// (after a restart).
+    async fn load_state(&self, rec: &UploadRecord, slot: &mut Option<UploadState>) -> Result<(), RegistryError> {
+        if slot.is_some() {
+            return Ok(());
+        }
+        let mut hasher = rec.algorithm.hasher();
+        let mut offset = 0u64;
+        let mut stream = match self.blobs.read_upload(&rec.id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(StoreError::from)?;
+            hasher.update(&chunk);
+            offset += chunk.len() as u64;
+        }
+        *slot = Some(UploadState { offset, hasher });
+        Ok(())
+    }
+
+    /// Current status of a session (GET on the upload URL).
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
+        let rec = self.session(repo, id).await?;
+        let slot = self.uploads.slot(id);
+        let mut guard = slot.lock().await;
+        self.load_state(&rec, &mut guard).await?;
+        let offset = guard.as_ref().map_or(0, |s| s.offset);
+        Ok(UploadStatus { id: id.to_owned(), offset })
+    }
+
+    /// Appends a chunk. `range` is the request's `Content-Range` (inclusive); it must start at the current offset.
+    pub async fn append_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    ) -> Result<UploadStatus, RegistryError> {
+        let rec = self.session(repo, id).await?;
+        let slot = self.uploads.slot(id);
+        let mut guard = slot.lock().await;
+        self.load_state(&rec, &mut guard).await?;
+        let state = guard.as_mut().ok_or(RegistryError::BlobUploadUnknown)?;
+        self.append_locked(id, state, range, body).await?;
+        Ok(UploadStatus { id: id.to_owned(), offset: state.offset })
+    }
+
+    async fn append_locked(
+        &self,
+        id: &str,
+        state: &mut UploadState,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    ) -> Result<(), RegistryError> {
+        let expected_len = match range {
+            Some((start, end)) => {
+                if start != state.offset {
+                    return Err(RegistryError::UploadOutOfOrder { offset: state.offset });
+                }
+                if end < start {
+                    return Err(RegistryError::BlobUploadInvalid(format!("Content-Range {start}-{end} is empty")));
+                }
+                Some(end - start + 1)
+            }
+            None => None,
+        };
+        let shared = Arc::new(parking_lot::Mutex::new((state.hasher.clone(), 0u64)));
+        let result = self.blobs.append_upload(id, state.offset, hashing(body, shared.clone(), expected_len)).await;
+        let (hasher, counted) = {
+            let s = shared.lock();
+            (s.0.clone(), s.1)
+        };
+        match result {
+            Ok(written) => {
+                if let Some(len) = expected_len
+                    && written != len
+                {
+                    // The store will cut these bytes off on the next append; the state was never advanced.
+                    return Err(RegistryError::BlobUploadInvalid(format!(
+                        "Content-Range announced {len} bytes but the body had {written}"
+                    )));
+                }
+                debug_assert_eq!(written, counted);
+                state.offset += written;
+                state.hasher = hasher;
+                Ok(())
+            }
+            Err(StoreError::NotFound) => Err(RegistryError::BlobUploadUnknown),
+            Err(StoreError::Io(e)) if expected_len.is_some_and(|l| counted > l) => {
+                Err(RegistryError::BlobUploadInvalid(e.to_string()))
+            }
+            Err(e) => Err(RegistryError::BlobUploadInvalid(format!("upload body was not received whole: {e}"))),
+        }
+    }
+
+    /// Completes a session: appends the optional final chunk, verifies the digest, publishes the blob and records
+    /// it, then closes the session. A wrong digest leaves the session open so the client may fix it.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    ) -> Result<u64, RegistryError> {
+        let rec = self.session(repo, id).await?;
+        let slot = self.uploads.slot(id);
+        let mut guard = slot.lock().await;
+        self.load_state(&rec, &mut guard).await?;
+        let state = guard.as_mut().ok_or(RegistryError::BlobUploadUnknown)?;
+        if digest.algorithm() != state.hasher.algorithm() {
+            return Err(RegistryError::DigestInvalid(format!(
+                "upload was started for {} but the digest is {}",
+                state.hasher.algorithm().as_str(),
+                digest.algorithm().as_str()
+            )));
+        }
+        // Always append (possibly nothing): it also cuts off bytes a failed chunk may have left behind.
+        self.append_locked(id, state, range, body).await?;
+        let actual = state.hasher.clone().finish();
+        if &actual != digest {
+            return Err(RegistryError::DigestInvalid(format!("expected {digest}, content hashes to {actual}")));
+        }
+        let size = state.offset;
+        self.blobs.publish_upload(id, digest).await?;
+        self.meta.commit_blob(repo, digest, size).await?;
+        self.meta.delete_upload(id).await?;
+        *guard = None;
+        drop(guard);
+        self.uploads.forget(id);
+        Ok(size)
+    }
+
+    /// Cancels a session and discards its bytes.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+        self.session(repo, id).await?;
+        let slot = self.uploads.slot(id);
+        let _guard = slot.lock().await;
+        self.meta.delete_upload(id).await?;
+        self.blobs.delete_upload(id).await?;
+        self.uploads.forget(id);
+        Ok(())
+    }
+
+    /// A whole blob in one request (POST with `digest`). No session row is written: if the process dies midway the
+    /// temporary object has no owner and is reclaimed at the next start.
+    pub async fn push_blob(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64, RegistryError> {
+        let id = new_upload_id();
+        self.blobs.create_upload(&id).await?;
+        let result = self.push_blob_into(repo, &id, digest, body).await;
+        if result.is_err() {
+            let _ = self.blobs.delete_upload(&id).await;
+        }
+        result
+    }
+
+    async fn push_blob_into(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64, RegistryError> {
+        let mut state = UploadState { offset: 0, hasher: digest.algorithm().hasher() };
+        self.append_locked(id, &mut state, None, body).await?;
+        let actual = state.hasher.finish();
+        if &actual != digest {
+            return Err(RegistryError::DigestInvalid(format!("expected {digest}, content hashes to {actual}")));
+        }
+        self.blobs.publish_upload(id, digest).await?;
+        self.meta.commit_blob(repo, digest, state.offset).await?;
+        Ok(state.offset)
+    }
+
+    /// Used by the monolithic path when no body follows the POST.
+    pub fn empty_body() -> ByteStream {
+        empty_body()
+    }
+}

@@ -1,0 +1,136 @@
+//! `berth serve`: wires the stores, the registry and the HTTP listeners together, runs background housekeeping,
+//! and shuts down gracefully on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::meta::sqlite::SqliteMetadataStore;
+use crate::registry::{Limits, Registry};
+use crate::store::fs::FsBlobStore;
+
+/// How often expired upload sessions are looked for.
+const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Opens the single-node stores under the data directory.
+pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    let dir = &config.storage.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let blobs = FsBlobStore::open(dir).with_context(|| format!("cannot open blob store in {}", dir.display()))?;
+    let meta = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
+        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let limits = Limits {
+        max_manifest_size: config.limits.max_manifest_size.as_u64(),
+        upload_expiry: config.limits.upload_expiry,
+    };
+    Ok(Registry::new(Arc::new(blobs), Arc::new(meta), limits))
+}
+
+/// Binds a listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can both be bound.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the server until a shutdown signal, then lets in-flight requests finish (up to the configured timeout).
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let registry = Arc::new(open_registry(&config)?);
+    registry.reclaim_after_restart().await.context("start-up housekeeping failed")?;
+
+    let mut listeners = Vec::new();
+    for l in &config.server.listen {
+        let addr: SocketAddr = l.parse().with_context(|| format!("invalid listen address {l:?}"))?;
+        match bind(addr) {
+            Ok(listener) => listeners.push((addr, listener)),
+            // A host without IPv6 still serves on IPv4 with the default config.
+            Err(e) if addr.is_ipv6() && config.server.listen.len() > 1 => {
+                tracing::warn!(%addr, error = %e, "cannot listen on IPv6 address; continuing without it")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+        }
+    }
+
+    let app = crate::http::router(registry.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for (addr, listener) in listeners {
+        tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "berth listening");
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    let sweeper = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPLOAD_SWEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = registry.expire_uploads().await {
+                    tracing::warn!(error = %e, "expiring upload sessions failed");
+                }
+            }
+        })
+    };
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
+        Some(res) = servers.join_next() => {
+            res.context("listener task failed")?.context("listener failed")?;
+        }
+    }
+    sweeper.abort();
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(res) = servers.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+    };
+    if tokio::time::timeout(config.server.shutdown_timeout, drain).await.is_err() {
+        tracing::warn!("shutdown timeout reached; exiting with requests still in flight");
+    }
+    Ok(())
+}

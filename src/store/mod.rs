@@ -1,0 +1,77 @@
+//! The blob store: content-addressed bytes plus the temporary objects that uploads write into.
+//!
+//! Contract every backend keeps (design invariant 2): a blob is only reachable under its digest once its bytes were
+//! written whole and durably (`publish_upload` / `put_bytes` are atomic); readers never see a partial object.
+//! The store never decides whether a blob *should* exist — that is the metadata store's job.
+
+pub mod fs;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::oci::Digest;
+
+/// A stream of bytes read from or written to the store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found")]
+    NotFound,
+    #[error("requested range is outside the object")]
+    RangeOutsideObject,
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An open blob ready to stream: its real length (from the stored object, not from metadata) and its bytes.
+pub struct BlobReader {
+    pub len: u64,
+    pub body: ByteStream,
+}
+
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Creates an empty temporary object for upload session `id`.
+    async fn create_upload(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Appends `data` to the upload at `offset` (which must be its current length). On error the object is cut back
+    /// to `offset`, so a failed chunk leaves the session as it was. Returns the number of bytes appended.
+    async fn append_upload(&self, id: &str, offset: u64, data: ByteStream) -> Result<u64, StoreError>;
+
+    /// Current length of an upload's temporary object.
+    async fn upload_len(&self, id: &str) -> Result<u64, StoreError>;
+
+    /// The bytes written so far, to rebuild a hash state after a restart.
+    async fn read_upload(&self, id: &str) -> Result<ByteStream, StoreError>;
+
+    /// Makes the upload durable and atomically publishes it under `digest` (put-if-absent: an existing object with
+    /// the same digest already holds the same bytes). The temporary object is gone afterwards.
+    async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Discards an upload's temporary object (missing is fine).
+    async fn delete_upload(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Ids of all temporary upload objects, for reclaiming ones that no session owns.
+    async fn list_uploads(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Writes small content (manifests) durably and atomically under its digest.
+    async fn put_bytes(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError>;
+
+    /// Reads a whole small object.
+    async fn get_bytes(&self, digest: &Digest) -> Result<Bytes, StoreError>;
+
+    /// Opens a blob, optionally a byte range `start..=end` of it.
+    async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader, StoreError>;
+
+    /// Length of a stored blob, or `None` when absent.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
+
+    /// Removes a blob's bytes (missing is fine). Callers delete the metadata row first.
+    async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Removes leftovers of interrupted writes (temporary files that were never published).
+    async fn reclaim_temporaries(&self) -> Result<u64, StoreError>;
+}
