@@ -24,6 +24,7 @@ use endpoint::Endpoint;
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
@@ -372,6 +373,11 @@ async fn put_manifest(reg: &Registry, repo: &RepoName, reference: &Reference, re
     h.insert(DOCKER_CONTENT_DIGEST, hv(&put.digest.to_string()));
     if let Some(s) = put.subject {
         h.insert(OCI_SUBJECT, hv(&s.to_string()));
+    }
+    if matches!(reference, Reference::Digest(_)) {
+        for t in &put.tags {
+            h.append(OCI_TAG, hv(t.as_str()));
+        }
     }
     Ok(r)
 }

@@ -15,6 +15,8 @@ use crate::oci::{Algorithm, Digest, Reference, RepoName, manifest, media, name::
 pub struct PutManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// Every tag now pointing at the manifest because of this push.
+    pub tags: Vec<Tag>,
 }
 
 /// A manifest to send to a client.
@@ -120,11 +122,11 @@ impl Registry {
         };
         self.blobs.put_bytes(&digest, bytes.clone()).await?;
         self.meta
-            .put_manifest(NewManifest { repo: repo.clone(), record, refs, tags })
+            .put_manifest(NewManifest { repo: repo.clone(), record, refs, tags: tags.clone() })
             .await?
             .map_err(rejection_error)?;
         self.manifests.insert(digest.clone(), bytes);
-        Ok(PutManifest { digest, subject })
+        Ok(PutManifest { digest, subject, tags })
     }
 
     /// Resolves a reference to a manifest record.

@@ -15,6 +15,9 @@ use crate::oci::Digest;
 /// Size of the reads that feed a blob GET; large enough to keep syscalls cheap per byte.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Bytes gathered before handing a write to the writer thread.
+const WRITE_BATCH: usize = 1024 * 1024;
+
 pub struct FsBlobStore {
     root: PathBuf,
 }
@@ -79,7 +82,7 @@ impl BlobStore for FsBlobStore {
     async fn append_upload(&self, id: &str, offset: u64, mut data: ByteStream) -> Result<u64, StoreError> {
         let path = self.upload_path(id)?;
         // Receiving (this task) and writing (a blocking thread) overlap through a small bounded queue.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
             let mut f = std::fs::OpenOptions::new().write(true).open(&path).map_err(not_found_as)?;
             let len = f.metadata()?.len();
@@ -99,10 +102,13 @@ impl BlobStore for FsBlobStore {
             Ok(written)
         });
         let mut failure = None;
+        // Network reads arrive in small pieces; batching them keeps the writer's wake-ups and syscalls few.
+        let mut batch = bytes::BytesMut::new();
         while let Some(item) = data.next().await {
             match item {
                 Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
                 }
@@ -111,6 +117,9 @@ impl BlobStore for FsBlobStore {
                     break;
                 }
             }
+        }
+        if failure.is_none() && !batch.is_empty() {
+            let _ = tx.send(batch.freeze()).await;
         }
         drop(tx);
         let written = writer.await.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
