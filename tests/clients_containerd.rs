@@ -1,0 +1,702 @@
+//! Interoperability with containerd (Debian package `containerd`): the test starts its own unprivileged-config
+//! containerd daemon (root, state and sockets in a temporary directory, CRI plugin disabled), pushes a locally
+//! generated multi-arch OCI image with plain HTTP requests, and pulls it with `ctr images pull --plain-http`.
+//!
+//! Skipped (with a message) when the binaries are missing and `CI` is unset (under CI that is a failure), or when
+//! the containerd daemon cannot start in the sandbox (its log is printed).
+//!
+//! Set `BERTH_TEST_REGISTRY=HOST:PORT` to run against another registry instead of a fresh berth.
+#![allow(dead_code)]
+
+mod common;
+
+use common::{Berth, sha256_digest};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tools_available() -> bool {
+    let missing: Vec<&str> = ["containerd", "ctr"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("which")
+                .arg(t)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{missing:?} not installed but CI is set: .ci/run must `apt-get install -y containerd`"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {missing:?} not installed (apt-get install -y containerd); this test did not run"
+    );
+    false
+}
+
+struct Target {
+    _berth: Option<Berth>,
+    host: String,
+    suffix: String,
+}
+
+fn target() -> Target {
+    match std::env::var("BERTH_TEST_REGISTRY") {
+        Ok(h) if !h.is_empty() => Target {
+            _berth: None,
+            host: h,
+            suffix: format!(
+                "-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ),
+        },
+        _ => {
+            let b = Berth::start();
+            Target {
+                host: b.host(),
+                _berth: Some(b),
+                suffix: String::new(),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A private containerd daemon
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Containerd {
+    /// Starts containerd with everything under a fresh temporary directory; Err(reason) if it cannot run here.
+    fn start() -> Result<Containerd, String> {
+        // Short path: the socket path must fit in sun_path (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("ctrd")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        let d = dir.path();
+        let sock = d.join("c.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = sock.display(),
+            opt = d.join("opt").display(),
+        );
+        let cfg_path = d.join("config.toml");
+        std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
+        let log = d.join("containerd.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("spawn containerd: {e}"))?;
+        let mut c = Containerd {
+            child,
+            sock,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Err(format!(
+                    "containerd exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&c.log).unwrap_or_default()
+                ));
+            }
+            if c.sock.exists() && c.ctr(&["version"]).status.success() {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "containerd did not answer within 30 s; log:\n{}",
+                    std::fs::read_to_string(&c.log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        eprintln!("$ ctr {} -> {}", args.join(" "), out.status);
+        assert!(
+            out.status.success(),
+            "ctr {} failed: {}\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Starts containerd, or prints why it cannot run and returns None (the caller skips).
+fn containerd_or_skip() -> Option<Containerd> {
+    match Containerd::start() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("SKIPPED: the containerd daemon cannot start in this environment: {e}");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Local image generation: tar, gzip (stored blocks), OCI layout
+// ---------------------------------------------------------------------------------------------------------------
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// A ustar archive of regular files.
+fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[136..148].copy_from_slice(format!("{:011o}\0", 1_700_000_000u64).as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, e) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *e = c;
+    }
+    let mut crc = !0u32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// A valid gzip stream using uncompressed ("stored") deflate blocks.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut chunks: Vec<&[u8]> = data.chunks(65535).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        out.push(if i + 1 == n { 1 } else { 0 });
+        let len = c.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[derive(Clone, Debug)]
+struct Desc {
+    media_type: String,
+    digest: String,
+    size: usize,
+}
+
+impl Desc {
+    fn json(&self) -> Value {
+        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    }
+}
+
+/// An OCI image layout being written to `dir`; remembers every blob written.
+struct Layout {
+    dir: PathBuf,
+    blobs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout {
+            dir: dir.to_path_buf(),
+            blobs: BTreeMap::new(),
+        }
+    }
+
+    fn blob(&mut self, media_type: &str, data: Vec<u8>) -> Desc {
+        let digest = sha256_digest(&data);
+        std::fs::write(self.dir.join("blobs/sha256").join(&digest[7..]), &data).unwrap();
+        let d = Desc {
+            media_type: media_type.into(),
+            digest: digest.clone(),
+            size: data.len(),
+        };
+        self.blobs.insert(digest, data);
+        d
+    }
+
+    /// A single-platform image: one gzip layer unique to the platform plus, optionally, a shared plain tar layer.
+    fn image(
+        &mut self,
+        arch: &str,
+        rng: &mut XorShift,
+        big: usize,
+        shared: Option<(&Desc, &str)>,
+    ) -> Desc {
+        let payload = rng.bytes(big);
+        let hello = format!("hello from {arch}\n");
+        let layer_tar = tar(&[("hello.txt", hello.as_bytes()), ("data.bin", &payload)]);
+        let diff_id = sha256_digest(&layer_tar);
+        let layer = self.blob(OCI_LAYER_GZIP, gzip_stored(&layer_tar));
+        let mut layers = vec![];
+        let mut diff_ids = vec![];
+        if let Some((d, diff)) = shared {
+            layers.push(d.json());
+            diff_ids.push(json!(diff));
+        }
+        layers.push(layer.json());
+        diff_ids.push(json!(diff_id));
+        let config = json!({
+            "created": "2024-01-01T00:00:00Z",
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/bin/true"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "berth test"}]
+        });
+        let config = self.blob(OCI_CONFIG, serde_json::to_vec(&config).unwrap());
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.json(),
+            "layers": layers,
+            "annotations": {"org.opencontainers.image.title": format!("berth-test-{arch}")}
+        });
+        self.blob(OCI_MANIFEST, serde_json::to_vec_pretty(&manifest).unwrap())
+    }
+
+    /// Writes index.json naming `top` with `tag`.
+    fn finish(&self, top: &Desc, tag: &str) {
+        let mut d = top.json();
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        let index = json!({"schemaVersion": 2, "manifests": [d]});
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// Builds a two-platform (linux/amd64, linux/arm64) image index in a new layout under `dir`.
+/// Returns the layout, the index descriptor and the child manifest descriptors.
+fn build_multiarch(dir: &Path, seed: u64, tag: &str) -> (Layout, Desc, Vec<Desc>) {
+    let mut rng = XorShift(seed);
+    let mut l = Layout::new(dir);
+    let shared_tar = tar(&[
+        ("etc/os-release", b"ID=berth-test\n"),
+        ("shared.bin", &rng.bytes(300 * 1024)),
+    ]);
+    let shared_diff = sha256_digest(&shared_tar);
+    let shared = l.blob(OCI_LAYER_TAR, shared_tar);
+    let amd = l.image(
+        "amd64",
+        &mut rng,
+        2 * 1024 * 1024 + 17,
+        Some((&shared, &shared_diff)),
+    );
+    let arm = l.image(
+        "arm64",
+        &mut rng,
+        700 * 1024 + 3,
+        Some((&shared, &shared_diff)),
+    );
+    let mut entries = vec![];
+    for (d, arch) in [(&amd, "amd64"), (&arm, "arm64")] {
+        let mut e = d.json();
+        e["platform"] = json!({"architecture": arch, "os": "linux"});
+        entries.push(e);
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    let index = l.blob(OCI_INDEX, serde_json::to_vec_pretty(&index).unwrap());
+    l.finish(&index, tag);
+    (l, index, vec![amd, arm])
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pushing with plain HTTP
+// ---------------------------------------------------------------------------------------------------------------
+
+fn absolute(host: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else {
+        format!("http://{host}{location}")
+    }
+}
+
+async fn http_push_blob(c: &reqwest::Client, host: &str, repo: &str, data: &[u8]) {
+    let digest = sha256_digest(data);
+    let r = c
+        .post(format!("http://{host}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "POST upload for {digest}");
+    let loc = absolute(host, r.headers()["location"].to_str().unwrap());
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{loc}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "PUT blob {digest}");
+}
+
+async fn http_push_manifest(
+    c: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) {
+    let r = c
+        .put(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .header("Content-Type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "PUT manifest {repo}:{reference}: {text}");
+}
+
+/// Pushes the index (and everything it references) of a layout built by `build_multiarch`.
+async fn push_layout(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    layout: &Layout,
+    index: &Desc,
+    children: &[Desc],
+) {
+    let c = common::client();
+    let manifests: Vec<&String> = children
+        .iter()
+        .map(|d| &d.digest)
+        .chain([&index.digest])
+        .collect();
+    for (digest, bytes) in &layout.blobs {
+        if !manifests.contains(&digest) {
+            http_push_blob(&c, host, repo, bytes).await;
+        }
+    }
+    for child in children {
+        http_push_manifest(
+            &c,
+            host,
+            repo,
+            &child.digest,
+            OCI_MANIFEST,
+            &layout.blobs[&child.digest],
+        )
+        .await;
+    }
+    http_push_manifest(&c, host, repo, tag, OCI_INDEX, &layout.blobs[&index.digest]).await;
+}
+
+/// Parses `ctr images ls` output into rows of (ref, type, digest, platforms).
+fn parse_images_ls(out: &str) -> Vec<(String, String, String, String)> {
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // REF TYPE DIGEST SIZE(2 fields: "1.2 MiB") PLATFORMS LABELS
+            if f.len() < 6 {
+                return None;
+            }
+            Some((
+                f[0].to_string(),
+                f[1].to_string(),
+                f[2].to_string(),
+                f[5].to_string(),
+            ))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_multiarch_index_with_identical_digests() {
+    if !tools_available() {
+        return;
+    }
+    let Some(ctrd) = containerd_or_skip() else {
+        return;
+    };
+    let t = target();
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, index, children) =
+        build_multiarch(&tmp.path().join("src"), 0xC0DE_0000_0000_0001, "v1");
+    let repo = format!("team/app{}", t.suffix);
+    push_layout(&t.host, &repo, "v1", &layout, &index, &children).await;
+
+    // Pull every platform (content only, no unpack).
+    let image = format!("{}/{repo}:v1", t.host);
+    ctrd.ctr_ok(&[
+        "-n",
+        "berth",
+        "images",
+        "pull",
+        "--plain-http",
+        "--all-platforms",
+        &image,
+    ]);
+
+    // The image record names the index by its original digest.
+    let ls = ctrd.ctr_ok(&["-n", "berth", "images", "ls"]);
+    let rows = parse_images_ls(&ls);
+    let row = rows
+        .iter()
+        .find(|r| r.0 == image)
+        .unwrap_or_else(|| panic!("{image} not in `ctr images ls`:\n{ls}"));
+    assert_eq!(row.1, OCI_INDEX, "image type in `ctr images ls`:\n{ls}");
+    assert_eq!(
+        row.2, index.digest,
+        "index digest in `ctr images ls`:\n{ls}"
+    );
+    assert!(
+        row.3.contains("linux/amd64") && row.3.contains("linux/arm64"),
+        "platforms in `ctr images ls`:\n{ls}"
+    );
+
+    // Every blob of every platform arrived byte for byte.
+    let content = ctrd.ctr_ok(&["-n", "berth", "content", "ls", "-q"]);
+    for (digest, bytes) in &layout.blobs {
+        assert!(
+            content.lines().any(|l| l.trim() == digest),
+            "{digest} not in `ctr content ls`:\n{content}"
+        );
+        let out = ctrd.ctr(&["-n", "berth", "content", "get", digest]);
+        assert!(out.status.success(), "ctr content get {digest}");
+        assert_eq!(sha256_digest(&out.stdout), *digest, "content of {digest}");
+        assert_eq!(&out.stdout, bytes);
+    }
+
+    // `ctr images check` agrees the image is complete for all platforms.
+    let check = ctrd.ctr_ok(&["-n", "berth", "images", "check"]);
+    assert!(check.contains("complete"), "ctr images check:\n{check}");
+
+    // Pull by digest (index) in another namespace.
+    let by_digest = format!("{}/{repo}@{}", t.host, index.digest);
+    ctrd.ctr_ok(&[
+        "-n",
+        "bydigest",
+        "images",
+        "pull",
+        "--plain-http",
+        "--all-platforms",
+        &by_digest,
+    ]);
+    let ls = ctrd.ctr_ok(&["-n", "bydigest", "images", "ls"]);
+    let rows = parse_images_ls(&ls);
+    assert!(
+        rows.iter().any(|r| r.0 == by_digest && r.2 == index.digest),
+        "{by_digest} not in `ctr images ls`:\n{ls}"
+    );
+
+    // A tag that does not exist fails cleanly.
+    let missing = format!("{}/{repo}:nope", t.host);
+    let out = ctrd.ctr(&[
+        "-n",
+        "berth",
+        "images",
+        "pull",
+        "--plain-http",
+        "--all-platforms",
+        &missing,
+    ]);
+    assert!(!out.status.success(), "pulling a missing tag succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found"),
+        "ctr error for a missing tag: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_and_unpacks_one_platform() {
+    if !tools_available() {
+        return;
+    }
+    let Some(ctrd) = containerd_or_skip() else {
+        return;
+    };
+    let t = target();
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, index, children) =
+        build_multiarch(&tmp.path().join("src"), 0xC0DE_0000_0000_0002, "v1");
+    let repo = format!("team/unpack{}", t.suffix);
+    push_layout(&t.host, &repo, "v1", &layout, &index, &children).await;
+
+    // Default pull: resolves linux/amd64 from the index, fetches it, unpacks the layers (checks diff_ids).
+    let image = format!("{}/{repo}:v1", t.host);
+    ctrd.ctr_ok(&[
+        "-n",
+        "unpack",
+        "images",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "linux/amd64",
+        "--snapshotter",
+        "native",
+        &image,
+    ]);
+    let ls = ctrd.ctr_ok(&["-n", "unpack", "images", "ls"]);
+    let rows = parse_images_ls(&ls);
+    assert!(
+        rows.iter().any(|r| r.0 == image && r.2 == index.digest),
+        "{image} with digest {} not in `ctr images ls`:\n{ls}",
+        index.digest
+    );
+    // The amd64 manifest and its blobs are present; the arm64-only layer is not.
+    let content = ctrd.ctr_ok(&["-n", "unpack", "content", "ls", "-q"]);
+    assert!(
+        content.contains(&children[0].digest),
+        "amd64 manifest missing:\n{content}"
+    );
+    let amd: Value = serde_json::from_slice(&layout.blobs[&children[0].digest]).unwrap();
+    for l in amd["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        assert!(content.contains(d), "amd64 layer {d} missing:\n{content}");
+    }
+    let snaps = ctrd.ctr_ok(&["-n", "unpack", "snapshots", "--snapshotter", "native", "ls"]);
+    assert!(
+        snaps.lines().count() >= 3,
+        "expected one committed snapshot per amd64 layer:\n{snaps}"
+    );
+}
