@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::sqlite::Synchronous;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
@@ -66,31 +66,37 @@ pub struct Log {
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()], shutdown_timeout: Duration::from_secs(30) }
+        Server {
+            listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()],
+            shutdown_timeout: Duration::from_secs(30),
+        }
     }
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: PathBuf::from("./berth-data"), sqlite_synchronous: Synchronous::Full }
+        Storage {
+            data_dir: PathBuf::from("./berth-data"),
+            sqlite_synchronous: Synchronous::Full,
+        }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_manifest_size: ByteSize::mib(4), upload_expiry: Duration::from_secs(24 * 3600) }
+        Limits {
+            max_manifest_size: ByteSize::mib(4),
+            upload_expiry: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: LogFormat::Human, level: "info".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { server: Server::default(), storage: Storage::default(), limits: Limits::default(), log: Log::default() }
+        Log {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
     }
 }
 
@@ -127,7 +133,10 @@ level = "info"
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
@@ -140,9 +149,14 @@ impl Config {
         let config = match path {
             None => Config::default(),
             Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                Config::parse(&text).map_err(|message| ConfigError::Parse { path: p.into(), message })?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: p.into(),
+                    message,
+                })?
             }
         };
         config.validate()?;
@@ -156,14 +170,19 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.is_empty() {
-            return Err(ConfigError::Invalid("server.listen must name at least one address".into()));
+            return Err(ConfigError::Invalid(
+                "server.listen must name at least one address".into(),
+            ));
         }
         for l in &self.server.listen {
-            l.parse::<std::net::SocketAddr>()
-                .map_err(|e| ConfigError::Invalid(format!("server.listen: {l:?} is not an address:port ({e})")))?;
+            l.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!("server.listen: {l:?} is not an address:port ({e})"))
+            })?;
         }
         if self.limits.max_manifest_size.as_u64() == 0 {
-            return Err(ConfigError::Invalid("limits.max_manifest_size must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "limits.max_manifest_size must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -188,7 +207,8 @@ mod tests {
 
     #[test]
     fn human_sizes_and_durations() {
-        let c = Config::parse("[limits]\nmax_manifest_size = \"1 MiB\"\nupload_expiry = \"15m\"\n").unwrap();
+        let c = Config::parse("[limits]\nmax_manifest_size = \"1 MiB\"\nupload_expiry = \"15m\"\n")
+            .unwrap();
         assert_eq!(c.limits.max_manifest_size.as_u64(), 1 << 20);
         assert_eq!(c.limits.upload_expiry, Duration::from_secs(900));
     }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use berth::config::{Config, DEFAULT_TOML, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "A self-hosted OCI registry and pull-through cache")]
+#[command(
+    name = "berth",
+    version,
+    about = "A self-hosted OCI registry and pull-through cache"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,9 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -88,11 +94,15 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(berth::server::serve(config))
         }),
-        Command::Config { command: ConfigCommand::Default } => {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
-        Command::Config { command: ConfigCommand::Check { config } } => check_config(&config),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => check_config(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

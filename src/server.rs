@@ -19,8 +19,10 @@ const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// Opens the single-node stores under the data directory.
 pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     let dir = &config.storage.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let blobs = FsBlobStore::open(dir).with_context(|| format!("cannot open blob store in {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let blobs = FsBlobStore::open(dir)
+        .with_context(|| format!("cannot open blob store in {}", dir.display()))?;
     let meta = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
         .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
     let limits = Limits {
@@ -32,7 +34,11 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 
 /// Binds a listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can both be bound.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -49,14 +55,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -69,11 +76,16 @@ async fn shutdown_signal() {
 /// Runs the server until a shutdown signal, then lets in-flight requests finish (up to the configured timeout).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(open_registry(&config)?);
-    registry.reclaim_after_restart().await.context("start-up housekeeping failed")?;
+    registry
+        .reclaim_after_restart()
+        .await
+        .context("start-up housekeeping failed")?;
 
     let mut listeners = Vec::new();
     for l in &config.server.listen {
-        let addr: SocketAddr = l.parse().with_context(|| format!("invalid listen address {l:?}"))?;
+        let addr: SocketAddr = l
+            .parse()
+            .with_context(|| format!("invalid listen address {l:?}"))?;
         match bind(addr) {
             Ok(listener) => listeners.push((addr, listener)),
             // A host without IPv6 still serves on IPv4 with the default config.
@@ -129,7 +141,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    if tokio::time::timeout(config.server.shutdown_timeout, drain).await.is_err() {
+    if tokio::time::timeout(config.server.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown timeout reached; exiting with requests still in flight");
     }
     Ok(())

@@ -15,21 +15,42 @@ fn config_default_is_a_valid_config_with_every_key_commented() {
     let out = berth().args(["config", "default"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for key in ["listen", "shutdown_timeout", "data_dir", "sqlite_synchronous", "max_manifest_size", "upload_expiry"] {
-        assert!(text.contains(&format!("\n{key} = ")), "default config lacks {key}");
+    for key in [
+        "listen",
+        "shutdown_timeout",
+        "data_dir",
+        "sqlite_synchronous",
+        "max_manifest_size",
+        "upload_expiry",
+    ] {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "default config lacks {key}"
+        );
     }
     // Every key line is preceded by a comment line.
     let lines: Vec<&str> = text.lines().collect();
     for (i, l) in lines.iter().enumerate() {
         if l.contains(" = ") {
-            assert!(lines[i - 1].starts_with('#'), "key line {l:?} has no comment above it");
+            assert!(
+                lines[i - 1].starts_with('#'),
+                "key line {l:?} has no comment above it"
+            );
         }
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("berth.toml");
     std::fs::write(&path, &text).unwrap();
-    let check = berth().args(["config", "check", "--config"]).arg(&path).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = berth()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 #[test]
@@ -37,7 +58,11 @@ fn unknown_config_key_is_refused_by_name_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("berth.toml");
     std::fs::write(&path, "[storage]\ndata_dri = \"/tmp/x\"\n").unwrap();
-    let out = berth().args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = berth()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("data_dri"), "{err}");
@@ -47,7 +72,11 @@ fn unknown_config_key_is_refused_by_name_in_one_line() {
 #[test]
 fn invalid_listen_address_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let out = berth().args(["serve", "--listen", "not-an-address", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = berth()
+        .args(["serve", "--listen", "not-an-address", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-address"));
 }
@@ -69,7 +98,13 @@ fn sigterm_lets_in_flight_requests_finish() {
     s.write_all(&data[..1 << 20]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let pid = b.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     std::thread::sleep(Duration::from_millis(300));
     s.write_all(&data[1 << 20..]).unwrap();
     let mut resp = Vec::new();
@@ -88,14 +123,22 @@ fn sigterm_lets_in_flight_requests_finish() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "berth did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "berth did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // What was acknowledged is there after a restart.
     let b2 = common::Berth::start_on(&b.data_dir, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
-        common::client().head(format!("{}/v2/cli/term/blobs/{digest}", b2.url())).send().await.unwrap().status()
+        common::client()
+            .head(format!("{}/v2/cli/term/blobs/{digest}", b2.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
     });
     assert_eq!(status, 200);
 }

@@ -30,7 +30,13 @@ fn image_manifest(config: &str, config_len: usize, layer: &str, layer_len: usize
     .unwrap()
 }
 
-async fn put_manifest(base: &str, repo: &str, reference: &str, ct: &str, body: &[u8]) -> reqwest::Response {
+async fn put_manifest(
+    base: &str,
+    repo: &str,
+    reference: &str,
+    ct: &str,
+    body: &[u8],
+) -> reqwest::Response {
     client()
         .put(format!("{base}/v2/{repo}/manifests/{reference}"))
         .header("content-type", ct)
@@ -42,7 +48,10 @@ async fn put_manifest(base: &str, repo: &str, reference: &str, ct: &str, body: &
 
 async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
-    v["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Invariant 1: no dangling references — a manifest is only recorded when all it references is present, and nothing
@@ -62,14 +71,26 @@ async fn invariant1_no_dangling_references() {
     let r = put_manifest(&base, repo, "broken", OCI_MANIFEST, &bad).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
-    let tags: serde_json::Value =
-        client().get(format!("{base}/v2/{repo}/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: serde_json::Value = client()
+        .get(format!("{base}/v2/{repo}/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], serde_json::json!([]));
 
     // A blob pushed to another repository does not count.
     let ld_elsewhere = push_blob(&base, "inv/other", layer).await;
-    let r = put_manifest(&base, repo, "v1", OCI_MANIFEST, &image_manifest(&cd, config.len(), &ld_elsewhere, layer.len()))
-        .await;
+    let r = put_manifest(
+        &base,
+        repo,
+        "v1",
+        OCI_MANIFEST,
+        &image_manifest(&cd, config.len(), &ld_elsewhere, layer.len()),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Once present, the manifest is accepted; an index over it too; a second index over a missing child is not.
@@ -83,7 +104,12 @@ async fn invariant1_no_dangling_references() {
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": md, "size": m.len()}],
     }))
     .unwrap();
-    assert_eq!(put_manifest(&base, repo, "multi", OCI_INDEX, &index).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        put_manifest(&base, repo, "multi", OCI_INDEX, &index)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     let dangling = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": missing, "size": 10}],
@@ -94,30 +120,64 @@ async fn invariant1_no_dangling_references() {
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
 
     // Referenced content cannot be deleted from under its referrer (distribution #3324).
-    let r = client().delete(format!("{base}/v2/{repo}/blobs/{ld}")).send().await.unwrap();
+    let r = client()
+        .delete(format!("{base}/v2/{repo}/blobs/{ld}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "DENIED");
-    let r = client().delete(format!("{base}/v2/{repo}/manifests/{md}")).send().await.unwrap();
+    let r = client()
+        .delete(format!("{base}/v2/{repo}/manifests/{md}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = client().get(format!("{base}/v2/{repo}/manifests/multi")).send().await.unwrap();
+    let r = client()
+        .get(format!("{base}/v2/{repo}/manifests/multi"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     // Deleting top-down works, and each tag disappears with its manifest.
     let id = sha256_digest(&index);
-    let r = client().delete(format!("{base}/v2/{repo}/manifests/{id}")).send().await.unwrap();
+    let r = client()
+        .delete(format!("{base}/v2/{repo}/manifests/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client().delete(format!("{base}/v2/{repo}/manifests/{md}")).send().await.unwrap();
+    let r = client()
+        .delete(format!("{base}/v2/{repo}/manifests/{md}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client().delete(format!("{base}/v2/{repo}/blobs/{ld}")).send().await.unwrap();
+    let r = client()
+        .delete(format!("{base}/v2/{repo}/blobs/{ld}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let tags: serde_json::Value =
-        client().get(format!("{base}/v2/{repo}/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: serde_json::Value = client()
+        .get(format!("{base}/v2/{repo}/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], serde_json::json!([]));
 }
 
 fn blob_file(b: &Berth, digest: &str) -> std::path::PathBuf {
     let hex = digest.strip_prefix("sha256:").unwrap();
-    b.data_dir.join("blobs").join("sha256").join(&hex[..2]).join(hex)
+    b.data_dir
+        .join("blobs")
+        .join("sha256")
+        .join(&hex[..2])
+        .join(hex)
 }
 
 /// Invariant 2: a 200 always carries every byte of the blob. If the stored bytes were damaged behind berth's back,
@@ -128,15 +188,31 @@ async fn invariant2_damaged_blob_is_never_served_short() {
     let base = b.url();
     let data = vec![7u8; 100_000];
     let d = push_blob(&base, "inv/two", &data).await;
-    let r = client().get(format!("{base}/v2/inv/two/blobs/{d}")).send().await.unwrap();
+    let r = client()
+        .get(format!("{base}/v2/inv/two/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().len(), data.len());
 
-    let f = std::fs::OpenOptions::new().write(true).open(blob_file(&b, &d)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(blob_file(&b, &d))
+        .unwrap();
     f.set_len(10).unwrap();
-    let r = client().get(format!("{base}/v2/inv/two/blobs/{d}")).send().await.unwrap();
+    let r = client()
+        .get(format!("{base}/v2/inv/two/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let r = client().get(format!("{base}/v2/inv/two/blobs/{d}")).header("range", "bytes=50-99").send().await.unwrap();
+    let r = client()
+        .get(format!("{base}/v2/inv/two/blobs/{d}"))
+        .header("range", "bytes=50-99")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 
@@ -154,7 +230,11 @@ async fn invariant2_wrong_digest_publishes_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = client().head(format!("{base}/v2/inv/two/blobs/{claimed}")).send().await.unwrap();
+    let r = client()
+        .head(format!("{base}/v2/inv/two/blobs/{claimed}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!blob_file(&b, &claimed).exists());
     let actual = sha256_digest(b"something else");
@@ -166,7 +246,11 @@ async fn invariant2_wrong_digest_publishes_nothing() {
 async fn invariant7_restart_reclaims_leftovers_and_resumes_uploads() {
     let mut b = Berth::start();
     let base = b.url();
-    let r = client().post(format!("{base}/v2/inv/seven/blobs/uploads/")).send().await.unwrap();
+    let r = client()
+        .post(format!("{base}/v2/inv/seven/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     let first = vec![1u8; 300_000];
@@ -182,26 +266,43 @@ async fn invariant7_restart_reclaims_leftovers_and_resumes_uploads() {
     b.kill9();
     // What a crash mid-write leaves behind: a staging file, an upload object no session owns.
     std::fs::write(b.data_dir.join("tmp").join("stray"), b"partial").unwrap();
-    std::fs::write(b.data_dir.join("uploads").join("0123456789abcdef"), b"partial").unwrap();
+    std::fs::write(
+        b.data_dir.join("uploads").join("0123456789abcdef"),
+        b"partial",
+    )
+    .unwrap();
     b.restart_after_kill9();
     assert!(!b.data_dir.join("tmp").join("stray").exists());
     assert!(!b.data_dir.join("uploads").join("0123456789abcdef").exists());
 
     let st = client().get(format!("{base}{loc}")).send().await.unwrap();
     assert_eq!(st.status(), StatusCode::NO_CONTENT);
-    assert_eq!(st.headers()["range"], format!("0-{}", first.len() - 1).as_str());
+    assert_eq!(
+        st.headers()["range"],
+        format!("0-{}", first.len() - 1).as_str()
+    );
     let second = vec![2u8; 1000];
     let mut all = first.clone();
     all.extend_from_slice(&second);
     let d = sha256_digest(&all);
     let r = client()
         .put(format!("{base}{loc}?digest={d}"))
-        .header("content-range", format!("{}-{}", first.len(), all.len() - 1))
+        .header(
+            "content-range",
+            format!("{}-{}", first.len(), all.len() - 1),
+        )
         .body(second)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = client().get(format!("{base}/v2/inv/seven/blobs/{d}")).send().await.unwrap().bytes().await.unwrap();
+    let got = client()
+        .get(format!("{base}/v2/inv/seven/blobs/{d}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(sha256_digest(&got), d);
 }

@@ -33,13 +33,19 @@ pub fn parse(rest: &str) -> Option<Endpoint<'_>> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some(Endpoint::Tags { name });
     }
-    if let Some(name) = rest.strip_suffix("/blobs/uploads/").or_else(|| rest.strip_suffix("/blobs/uploads")) {
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
         return Some(Endpoint::UploadStart { name });
     }
     let (head, last) = rest.rsplit_once('/')?;
     let (name, kind) = head.rsplit_once('/')?;
     match kind {
-        "manifests" => Some(Endpoint::Manifest { name, reference: last }),
+        "manifests" => Some(Endpoint::Manifest {
+            name,
+            reference: last,
+        }),
         "referrers" => Some(Endpoint::Referrers { name, digest: last }),
         "blobs" => Some(Endpoint::Blob { name, digest: last }),
         "uploads" => {
@@ -59,22 +65,55 @@ mod tests {
         assert_eq!(parse(""), Some(Endpoint::Base));
         assert_eq!(parse("_catalog"), Some(Endpoint::Catalog));
         assert_eq!(parse("a/b/tags/list"), Some(Endpoint::Tags { name: "a/b" }));
-        assert_eq!(parse("a/manifests/latest"), Some(Endpoint::Manifest { name: "a", reference: "latest" }));
-        assert_eq!(parse("a/b/blobs/sha256:00"), Some(Endpoint::Blob { name: "a/b", digest: "sha256:00" }));
-        assert_eq!(parse("a/blobs/uploads/"), Some(Endpoint::UploadStart { name: "a" }));
-        assert_eq!(parse("a/blobs/uploads/xyz"), Some(Endpoint::Upload { name: "a", id: "xyz" }));
-        assert_eq!(parse("a/referrers/sha256:00"), Some(Endpoint::Referrers { name: "a", digest: "sha256:00" }));
+        assert_eq!(
+            parse("a/manifests/latest"),
+            Some(Endpoint::Manifest {
+                name: "a",
+                reference: "latest"
+            })
+        );
+        assert_eq!(
+            parse("a/b/blobs/sha256:00"),
+            Some(Endpoint::Blob {
+                name: "a/b",
+                digest: "sha256:00"
+            })
+        );
+        assert_eq!(
+            parse("a/blobs/uploads/"),
+            Some(Endpoint::UploadStart { name: "a" })
+        );
+        assert_eq!(
+            parse("a/blobs/uploads/xyz"),
+            Some(Endpoint::Upload {
+                name: "a",
+                id: "xyz"
+            })
+        );
+        assert_eq!(
+            parse("a/referrers/sha256:00"),
+            Some(Endpoint::Referrers {
+                name: "a",
+                digest: "sha256:00"
+            })
+        );
     }
 
     #[test]
     fn names_may_contain_endpoint_words() {
         assert_eq!(
             parse("blobs/uploads/x/blobs/sha256:00"),
-            Some(Endpoint::Blob { name: "blobs/uploads/x", digest: "sha256:00" })
+            Some(Endpoint::Blob {
+                name: "blobs/uploads/x",
+                digest: "sha256:00"
+            })
         );
         assert_eq!(
             parse("manifests/manifests/manifests/t"),
-            Some(Endpoint::Manifest { name: "manifests/manifests", reference: "t" })
+            Some(Endpoint::Manifest {
+                name: "manifests/manifests",
+                reference: "t"
+            })
         );
     }
 

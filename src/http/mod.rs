@@ -6,12 +6,12 @@ mod error;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
@@ -38,16 +38,25 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(axum::middleware::map_response(|mut resp: Response| async move {
-            resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-            resp
-        }))
+        .layer(axum::middleware::map_response(
+            |mut resp: Response| async move {
+                resp.headers_mut()
+                    .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+                resp
+            },
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(registry)
 }
 
 async fn readyz(State(reg): State<Arc<Registry>>) -> Response {
-    match reg.catalog(&Page { n: Some(1), last: None }).await {
+    match reg
+        .catalog(&Page {
+            n: Some(1),
+            last: None,
+        })
+        .await
+    {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
@@ -72,7 +81,10 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
 
 /// Query parameters in order (repeated keys such as `tag` are kept).
 fn query(req: &Request) -> Vec<(String, String)> {
-    req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -93,11 +105,13 @@ fn body_stream(body: Body) -> ByteStream {
 }
 
 fn repo(name: &str) -> Result<RepoName> {
-    name.parse().map_err(|e: crate::oci::NameError| RegistryError::NameInvalid(e.to_string()))
+    name.parse()
+        .map_err(|e: crate::oci::NameError| RegistryError::NameInvalid(e.to_string()))
 }
 
 fn digest(s: &str) -> Result<Digest> {
-    s.parse().map_err(|e: crate::oci::DigestError| RegistryError::DigestInvalid(e.to_string()))
+    s.parse()
+        .map_err(|e: crate::oci::DigestError| RegistryError::DigestInvalid(e.to_string()))
 }
 
 fn unsupported(method: &Method) -> RegistryError {
@@ -120,7 +134,9 @@ async fn route(reg: &Registry, req: Request) -> Result<Response> {
     };
     let method = req.method().clone();
     match (ep, &method) {
-        (Endpoint::Base, &Method::GET | &Method::HEAD) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
+        (Endpoint::Base, &Method::GET | &Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
+        }
         (Endpoint::Catalog, &Method::GET) => catalog(reg, &query(&req)).await,
         (Endpoint::Tags { name }, &Method::GET) => tags(reg, &repo(name)?, &query(&req)).await,
         (Endpoint::Manifest { name, reference }, m) => {
@@ -129,7 +145,9 @@ async fn route(reg: &Registry, req: Request) -> Result<Response> {
                 Ok(r) => r,
                 // A tag that cannot exist names no manifest: 404 on reads, as clients probing for tags expect.
                 Err(NameError::Tag(t)) if *m != Method::PUT => {
-                    return Err(RegistryError::ManifestUnknown(format!("{repo}:{t} (not a valid tag)")));
+                    return Err(RegistryError::ManifestUnknown(format!(
+                        "{repo}:{t} (not a valid tag)"
+                    )));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -155,24 +173,35 @@ async fn route(reg: &Registry, req: Request) -> Result<Response> {
                 _ => Err(unsupported(m)),
             }
         }
-        (Endpoint::UploadStart { name }, &Method::POST) => start_upload(reg, &repo(name)?, req).await,
+        (Endpoint::UploadStart { name }, &Method::POST) => {
+            start_upload(reg, &repo(name)?, req).await
+        }
         (Endpoint::Upload { name, id }, m) => {
             let repo = repo(name)?;
             let id = id.to_owned();
             match *m {
-                Method::GET => Ok(upload_response(StatusCode::NO_CONTENT, &repo, &reg.upload_status(&repo, &id).await?)),
+                Method::GET => Ok(upload_response(
+                    StatusCode::NO_CONTENT,
+                    &repo,
+                    &reg.upload_status(&repo, &id).await?,
+                )),
                 Method::PATCH => {
                     let range = content_range(req.headers())?;
-                    let st = reg.append_upload(&repo, &id, range, body_stream(req.into_body())).await?;
+                    let st = reg
+                        .append_upload(&repo, &id, range, body_stream(req.into_body()))
+                        .await?;
                     Ok(upload_response(StatusCode::ACCEPTED, &repo, &st))
                 }
                 Method::PUT => {
                     let q = query(&req);
                     let d = digest(param(&q, "digest").ok_or_else(|| {
-                        RegistryError::DigestInvalid("the digest query parameter is required to complete an upload".into())
+                        RegistryError::DigestInvalid(
+                            "the digest query parameter is required to complete an upload".into(),
+                        )
                     })?)?;
                     let range = content_range(req.headers())?;
-                    reg.finish_upload(&repo, &id, &d, range, body_stream(req.into_body())).await?;
+                    reg.finish_upload(&repo, &id, &d, range, body_stream(req.into_body()))
+                        .await?;
                     Ok(blob_created(&repo, &d))
                 }
                 Method::DELETE => {
@@ -189,9 +218,15 @@ async fn route(reg: &Registry, req: Request) -> Result<Response> {
             let filter = param(&q, "artifactType").filter(|s| !s.is_empty());
             let body = reg.referrers(&repo, &d, filter).await?;
             let mut resp = Response::new(Body::from(body));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media::OCI_INDEX),
+            );
             if filter.is_some() {
-                resp.headers_mut().insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+                resp.headers_mut().insert(
+                    OCI_FILTERS_APPLIED,
+                    HeaderValue::from_static("artifactType"),
+                );
             }
             Ok(resp)
         }
@@ -207,26 +242,43 @@ fn not_found_endpoint() -> Response {
 fn empty(status: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     r
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// `Content-Range` of a chunk: `start-end`, also tolerating the `bytes ` prefix and `/total` suffix some clients send.
 fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
-    let Some(v) = h.get(header::CONTENT_RANGE) else { return Ok(None) };
-    let bad = || RegistryError::ContentRangeInvalid(format!("{:?} is not start-end", String::from_utf8_lossy(v.as_bytes())));
+    let Some(v) = h.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        RegistryError::ContentRangeInvalid(format!(
+            "{:?} is not start-end",
+            String::from_utf8_lossy(v.as_bytes())
+        ))
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes").map(|s| s.trim_start_matches([' ', '='])).unwrap_or(s);
+    let s = s
+        .strip_prefix("bytes")
+        .map(|s| s.trim_start_matches([' ', '=']))
+        .unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (a, b) = (a.trim().parse::<u64>().map_err(|_| bad())?, b.trim().parse::<u64>().map_err(|_| bad())?);
+    let (a, b) = (
+        a.trim().parse::<u64>().map_err(|_| bad())?,
+        b.trim().parse::<u64>().map_err(|_| bad())?,
+    );
     if b < a {
         return Err(bad());
     }
@@ -235,7 +287,9 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
 
 /// `Range: bytes=…` on blob GET. Anything we cannot parse (or multiple ranges) is ignored, as HTTP allows.
 fn byte_range(h: &HeaderMap) -> Option<ByteRange> {
-    let s = header_str(h, &header::RANGE)?.trim().strip_prefix("bytes=")?;
+    let s = header_str(h, &header::RANGE)?
+        .trim()
+        .strip_prefix("bytes=")?;
     if s.contains(',') {
         return None;
     }
@@ -245,7 +299,11 @@ fn byte_range(h: &HeaderMap) -> Option<ByteRange> {
         return b.parse().ok().map(ByteRange::Suffix);
     }
     let start = a.parse().ok()?;
-    let end = if b.is_empty() { None } else { Some(b.parse().ok()?) };
+    let end = if b.is_empty() {
+        None
+    } else {
+        Some(b.parse().ok()?)
+    };
     if end.is_some_and(|e| e < start) {
         return None;
     }
@@ -260,15 +318,20 @@ fn upload_response(status: StatusCode, repo: &RepoName, st: &UploadStatus) -> Re
     let mut r = empty(status);
     let h = r.headers_mut();
     h.insert(header::LOCATION, hv(&upload_location(repo, &st.id)));
-    h.insert(header::RANGE, hv(&format!("0-{}", st.offset.saturating_sub(1))));
+    h.insert(
+        header::RANGE,
+        hv(&format!("0-{}", st.offset.saturating_sub(1))),
+    );
     h.insert(DOCKER_UPLOAD_UUID, hv(&st.id));
     r
 }
 
 fn blob_created(repo: &RepoName, d: &Digest) -> Response {
     let mut r = empty(StatusCode::CREATED);
-    r.headers_mut().insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/{d}")));
-    r.headers_mut().insert(DOCKER_CONTENT_DIGEST, hv(&d.to_string()));
+    r.headers_mut()
+        .insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/{d}")));
+    r.headers_mut()
+        .insert(DOCKER_CONTENT_DIGEST, hv(&d.to_string()));
     r
 }
 
@@ -276,7 +339,10 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
     let q = query(&req);
     if let Some(m) = param(&q, "mount") {
         let d = digest(m)?;
-        let from = param(&q, "from").filter(|f| !f.is_empty()).map(|f| f.parse::<RepoName>()).transpose();
+        let from = param(&q, "from")
+            .filter(|f| !f.is_empty())
+            .map(|f| f.parse::<RepoName>())
+            .transpose();
         // An invalid `from` cannot name a repository holding the blob: fall through to a fresh upload.
         if let Ok(from) = from
             && reg.mount_blob(repo, from.as_ref(), &d).await?.is_some()
@@ -285,11 +351,14 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
         }
     } else if let Some(d) = param(&q, "digest") {
         let d = digest(d)?;
-        reg.push_blob(repo, &d, body_stream(req.into_body())).await?;
+        reg.push_blob(repo, &d, body_stream(req.into_body()))
+            .await?;
         return Ok(blob_created(repo, &d));
     }
     let algorithm = match param(&q, "digest-algorithm") {
-        Some(a) => a.parse::<Algorithm>().map_err(|e| RegistryError::DigestInvalid(e.to_string()))?,
+        Some(a) => a
+            .parse::<Algorithm>()
+            .map_err(|e| RegistryError::DigestInvalid(e.to_string()))?,
         None => Algorithm::Sha256,
     };
     let st = reg.start_upload(repo, algorithm).await?;
@@ -301,24 +370,32 @@ async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> 
     let mut r = if head {
         let size = reg.blob_size(repo, d).await?;
         let mut r = empty(StatusCode::OK);
-        r.headers_mut().insert(header::CONTENT_LENGTH, hv(&size.to_string()));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, hv(&size.to_string()));
         r
     } else {
         let range = byte_range(req.headers());
         let dl = reg.open_blob(repo, d, range).await?;
         let len = dl.reader.len;
         let mut r = Response::new(Body::from_stream(dl.reader.body));
-        r.headers_mut().insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, hv(&len.to_string()));
         if let Some(range) = range
             && let Some((s, e)) = range.resolve(dl.size)
         {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            r.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes {s}-{e}/{}", dl.size)));
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                hv(&format!("bytes {s}-{e}/{}", dl.size)),
+            );
         }
         r
     };
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(DOCKER_CONTENT_DIGEST, hv(&d.to_string()));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, hv(&format!("\"{d}\"")));
@@ -326,10 +403,18 @@ async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> 
 }
 
 fn accept_values(h: &HeaderMap) -> Vec<&str> {
-    h.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect()
+    h.get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
 }
 
-async fn get_manifest(reg: &Registry, repo: &RepoName, reference: &Reference, req: Request) -> Result<Response> {
+async fn get_manifest(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Request,
+) -> Result<Response> {
     let accept = accept_values(req.headers());
     let (record, body) = if req.method() == Method::HEAD {
         (reg.head_manifest(repo, reference, &accept).await?, None)
@@ -349,27 +434,44 @@ async fn get_manifest(reg: &Registry, repo: &RepoName, reference: &Reference, re
     Ok(r)
 }
 
-async fn put_manifest(reg: &Registry, repo: &RepoName, reference: &Reference, req: Request) -> Result<Response> {
+async fn put_manifest(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Request,
+) -> Result<Response> {
     let q = query(&req);
     let tags = q
         .iter()
         .filter(|(k, _)| k == "tag")
-        .map(|(_, v)| v.parse::<Tag>().map_err(|e| RegistryError::ManifestInvalid(e.to_string())))
+        .map(|(_, v)| {
+            v.parse::<Tag>()
+                .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let content_type = header_str(req.headers(), &header::CONTENT_TYPE).map(str::to_owned);
     let limit = reg.max_manifest_size();
-    if let Some(len) = header_str(req.headers(), &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+    if let Some(len) =
+        header_str(req.headers(), &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
         && len > limit
     {
         return Err(RegistryError::ManifestTooLarge { size: len, limit });
     }
     let bytes = axum::body::to_bytes(req.into_body(), limit as usize + 1)
         .await
-        .map_err(|_| RegistryError::ManifestTooLarge { size: limit + 1, limit })?;
-    let put = reg.put_manifest(repo, reference, tags, content_type.as_deref(), bytes).await?;
+        .map_err(|_| RegistryError::ManifestTooLarge {
+            size: limit + 1,
+            limit,
+        })?;
+    let put = reg
+        .put_manifest(repo, reference, tags, content_type.as_deref(), bytes)
+        .await?;
     let mut r = empty(StatusCode::CREATED);
     let h = r.headers_mut();
-    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", put.digest)));
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{repo}/manifests/{}", put.digest)),
+    );
     h.insert(DOCKER_CONTENT_DIGEST, hv(&put.digest.to_string()));
     if let Some(s) = put.subject {
         h.insert(OCI_SUBJECT, hv(&s.to_string()));
@@ -385,18 +487,29 @@ async fn put_manifest(reg: &Registry, repo: &RepoName, reference: &Reference, re
 /// Pagination from `n`/`last`, asking the store for one extra entry to learn whether a next page exists.
 fn page(q: &[(String, String)]) -> Result<(Page, Option<usize>)> {
     let n = match param(q, "n") {
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| RegistryError::PaginationInvalid(format!("n={n:?} is not a non-negative integer")))?,
-        ),
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            RegistryError::PaginationInvalid(format!("n={n:?} is not a non-negative integer"))
+        })?),
         None => None,
     };
-    let last = param(q, "last").filter(|l| !l.is_empty()).map(str::to_owned);
-    Ok((Page { n: n.map(|n| n.saturating_add(1)), last }, n))
+    let last = param(q, "last")
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    Ok((
+        Page {
+            n: n.map(|n| n.saturating_add(1)),
+            last,
+        },
+        n,
+    ))
 }
 
 /// Trims the extra entry and builds the `Link` header for the next page.
-fn paginate(mut items: Vec<String>, n: Option<usize>, path: &str) -> (Vec<String>, Option<HeaderValue>) {
+fn paginate(
+    mut items: Vec<String>,
+    n: Option<usize>,
+    path: &str,
+) -> (Vec<String>, Option<HeaderValue>) {
     match n {
         Some(n) if items.len() > n => {
             items.truncate(n);

@@ -74,7 +74,11 @@ pub enum ManifestRejection {
     /// Referenced blobs or child manifests that are not in the repository.
     Missing(Vec<Digest>),
     /// A reference whose declared size differs from the stored object's.
-    SizeMismatch { digest: Digest, declared: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        declared: u64,
+        actual: u64,
+    },
 }
 
 /// Outcome of removing a manifest or a blob link.
@@ -107,37 +111,69 @@ pub struct Page {
 #[async_trait::async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Records a verified blob (its bytes are already published) and links it into `repo`.
-    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), MetaError>;
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError>;
 
     /// Size of a blob linked into `repo`, or `None` when it is not visible there.
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError>;
 
     /// Links an existing blob into `repo` if it is linked in `from` (or, with no `from`, in any repository).
     /// Returns the blob's size, or `None` when there is nothing to mount.
-    async fn mount_blob(&self, repo: &RepoName, from: Option<&RepoName>, digest: &Digest)
-    -> Result<Option<u64>, MetaError>;
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: Option<&RepoName>,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError>;
 
     /// Removes a blob's link from `repo`, refused while a manifest there references it.
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError>;
+    async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<RemoveOutcome, MetaError>;
 
     /// Stores a manifest, its references and tags in one transaction, after checking that every referenced blob and
     /// child exists in the repository.
-    async fn put_manifest(&self, m: NewManifest) -> Result<Result<(), ManifestRejection>, MetaError>;
+    async fn put_manifest(
+        &self,
+        m: NewManifest,
+    ) -> Result<Result<(), ManifestRejection>, MetaError>;
 
     /// A manifest by digest.
-    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError>;
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
 
     /// The manifest a tag points at.
-    async fn tagged_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>, MetaError>;
+    async fn tagged_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
 
     /// Deletes a manifest and every tag pointing at it, refused while an index in the repository references it.
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError>;
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<RemoveOutcome, MetaError>;
 
     /// Removes a tag (the manifest stays). False when there was no such tag.
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
 
     /// Tags of a repository in lexical order, or `None` when the repository does not exist.
-    async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>, MetaError>;
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        page: &Page,
+    ) -> Result<Option<Vec<String>>, MetaError>;
 
     /// Repository names in lexical order.
     async fn list_repositories(&self, page: &Page) -> Result<Vec<String>, MetaError>;
@@ -159,5 +195,8 @@ pub trait MetadataStore: Send + Sync + 'static {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page, RefKind, RemoveOutcome,
-    UploadRecord, now,
+    ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page, RefKind,
+    RemoveOutcome, UploadRecord, now,
 };
 use crate::oci::{Digest, RepoName, name::Tag};
 
@@ -127,7 +127,8 @@ impl SqliteMetadataStore {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteMetadataStore, MetaError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| MetaError::Database(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| MetaError::Database(format!("{}: {e}", parent.display())))?;
         }
         let mut writer = Connection::open(path)?;
         configure(&writer, synchronous)?;
@@ -174,14 +175,17 @@ impl SqliteMetadataStore {
 }
 
 fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM repository WHERE name = ?1")?.query_row([repo], |r| r.get(0)).optional()
+    conn.prepare_cached("SELECT id FROM repository WHERE name = ?1")?
+        .query_row([repo], |r| r.get(0))
+        .optional()
 }
 
 fn ensure_repo(conn: &Connection, repo: &str) -> rusqlite::Result<i64> {
     if let Some(id) = repo_id(conn, repo)? {
         return Ok(id);
     }
-    conn.prepare_cached("INSERT INTO repository (name, created_at) VALUES (?1, ?2)")?.execute(params![repo, now()])?;
+    conn.prepare_cached("INSERT INTO repository (name, created_at) VALUES (?1, ?2)")?
+        .execute(params![repo, now()])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -193,15 +197,31 @@ fn insert_blob(conn: &Connection, digest: &str, size: u64) -> rusqlite::Result<(
 }
 
 fn parse_digest(s: String) -> Result<Digest, MetaError> {
-    s.parse().map_err(|e| MetaError::Corrupt(format!("bad digest {s:?} in database: {e}")))
+    s.parse()
+        .map_err(|e| MetaError::Corrupt(format!("bad digest {s:?} in database: {e}")))
 }
 
-const MANIFEST_COLUMNS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.size, m.annotations";
+const MANIFEST_COLUMNS: &str =
+    "m.digest, m.media_type, m.artifact_type, m.subject, m.size, m.annotations";
 
-type ManifestRow = (String, String, Option<String>, Option<String>, i64, Option<String>);
+type ManifestRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
 
 fn manifest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_record(row: ManifestRow) -> Result<ManifestRecord, MetaError> {
@@ -217,28 +237,45 @@ fn to_record(row: ManifestRow) -> Result<ManifestRecord, MetaError> {
 }
 
 /// Applies `n`/`last` to a sorted listing query built as `base` + optional `AND col > ?` + `ORDER BY col LIMIT ?`.
-fn paged(conn: &Connection, sql_head: &str, col: &str, key: Option<i64>, page: &Page) -> Result<Vec<String>, MetaError> {
+fn paged(
+    conn: &Connection,
+    sql_head: &str,
+    col: &str,
+    key: Option<i64>,
+    page: &Page,
+) -> Result<Vec<String>, MetaError> {
     let limit = page.n.map(|n| n as i64).unwrap_or(-1);
     let last = page.last.clone().unwrap_or_default();
     let sql = format!("{sql_head} AND {col} > ?1 ORDER BY {col} LIMIT ?2");
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = match key {
-        Some(k) => stmt.query_map(params![last, limit, k], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>(),
-        None => stmt.query_map(params![last, limit], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>(),
+        Some(k) => stmt
+            .query_map(params![last, limit, k], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>(),
+        None => stmt
+            .query_map(params![last, limit], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>(),
     };
     Ok(rows?)
 }
 
 #[async_trait::async_trait]
 impl MetadataStore for SqliteMetadataStore {
-    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), MetaError> {
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let id = ensure_repo(&tx, &repo)?;
             insert_blob(&tx, &digest, size)?;
-            tx.prepare_cached("INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, digest, now()])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, digest, now()])?;
             tx.commit()?;
             Ok(())
         })
@@ -266,7 +303,11 @@ impl MetadataStore for SqliteMetadataStore {
         from: Option<&RepoName>,
         digest: &Digest,
     ) -> Result<Option<u64>, MetaError> {
-        let (repo, from, digest) = (repo.to_string(), from.map(|f| f.to_string()), digest.to_string());
+        let (repo, from, digest) = (
+            repo.to_string(),
+            from.map(|f| f.to_string()),
+            digest.to_string(),
+        );
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let size: Option<i64> = match &from {
@@ -287,15 +328,21 @@ impl MetadataStore for SqliteMetadataStore {
             };
             let Some(size) = size else { return Ok(None) };
             let id = ensure_repo(&tx, &repo)?;
-            tx.prepare_cached("INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, digest, now()])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, digest, now()])?;
             tx.commit()?;
             Ok(Some(size as u64))
         })
         .await
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError> {
+    async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<RemoveOutcome, MetaError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -316,7 +363,10 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn put_manifest(&self, m: NewManifest) -> Result<Result<(), ManifestRejection>, MetaError> {
+    async fn put_manifest(
+        &self,
+        m: NewManifest,
+    ) -> Result<Result<(), ManifestRejection>, MetaError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let id = ensure_repo(&tx, m.repo.as_str())?;
@@ -391,7 +441,11 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |conn| {
             let sql = format!(
@@ -406,7 +460,11 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn tagged_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>, MetaError> {
+    async fn tagged_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
         let (repo, tag) = (repo.to_string(), tag.to_string());
         self.read(move |conn| {
             let sql = format!(
@@ -418,7 +476,11 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<RemoveOutcome, MetaError> {
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<RemoveOutcome, MetaError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -460,19 +522,41 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>, MetaError> {
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        page: &Page,
+    ) -> Result<Option<Vec<String>>, MetaError> {
         let repo = repo.to_string();
         let page = page.clone();
         self.read(move |conn| {
-            let Some(id) = repo_id(conn, &repo)? else { return Ok(None) };
-            paged(conn, "SELECT name FROM tag WHERE repo = ?3", "name", Some(id), &page).map(Some)
+            let Some(id) = repo_id(conn, &repo)? else {
+                return Ok(None);
+            };
+            paged(
+                conn,
+                "SELECT name FROM tag WHERE repo = ?3",
+                "name",
+                Some(id),
+                &page,
+            )
+            .map(Some)
         })
         .await
     }
 
     async fn list_repositories(&self, page: &Page) -> Result<Vec<String>, MetaError> {
         let page = page.clone();
-        self.read(move |conn| paged(conn, "SELECT name FROM repository WHERE 1", "name", None, &page)).await
+        self.read(move |conn| {
+            paged(
+                conn,
+                "SELECT name FROM repository WHERE 1",
+                "name",
+                None,
+                &page,
+            )
+        })
+        .await
     }
 
     async fn referrers(
@@ -481,7 +565,11 @@ impl MetadataStore for SqliteMetadataStore {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<ManifestRecord>, MetaError> {
-        let (repo, subject, at) = (repo.to_string(), subject.to_string(), artifact_type.map(str::to_owned));
+        let (repo, subject, at) = (
+            repo.to_string(),
+            subject.to_string(),
+            artifact_type.map(str::to_owned),
+        );
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
@@ -499,8 +587,15 @@ impl MetadataStore for SqliteMetadataStore {
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
         let u = u.clone();
         self.write(move |conn| {
-            conn.prepare_cached("INSERT INTO upload (id, repo, algorithm, started_at) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![u.id, u.repo.as_str(), u.algorithm.as_str(), u.started_at])?;
+            conn.prepare_cached(
+                "INSERT INTO upload (id, repo, algorithm, started_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                u.id,
+                u.repo.as_str(),
+                u.algorithm.as_str(),
+                u.started_at
+            ])?;
             Ok(())
         })
         .await
@@ -516,8 +611,12 @@ impl MetadataStore for SqliteMetadataStore {
             row.map(|(id, repo, alg, started_at)| {
                 Ok(UploadRecord {
                     id,
-                    repo: repo.parse().map_err(|e| MetaError::Corrupt(format!("upload repository: {e}")))?,
-                    algorithm: alg.parse().map_err(|e| MetaError::Corrupt(format!("upload algorithm: {e}")))?,
+                    repo: repo
+                        .parse()
+                        .map_err(|e| MetaError::Corrupt(format!("upload repository: {e}")))?,
+                    algorithm: alg
+                        .parse()
+                        .map_err(|e| MetaError::Corrupt(format!("upload algorithm: {e}")))?,
                     started_at,
                 })
             })
@@ -529,7 +628,8 @@ impl MetadataStore for SqliteMetadataStore {
     async fn delete_upload(&self, id: &str) -> Result<(), MetaError> {
         let id = id.to_owned();
         self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM upload WHERE id = ?1")?.execute([id])?;
+            conn.prepare_cached("DELETE FROM upload WHERE id = ?1")?
+                .execute([id])?;
             Ok(())
         })
         .await

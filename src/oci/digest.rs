@@ -98,10 +98,17 @@ impl FromStr for Digest {
         let (alg, hex) = s.split_once(':').ok_or(DigestError::Malformed)?;
         let algorithm: Algorithm = alg.parse()?;
         let expected = algorithm.hex_len();
-        if hex.len() != expected || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != expected
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::BadEncoding { expected });
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
     }
 }
 
@@ -160,7 +167,9 @@ mod tests {
 
     #[test]
     fn parses_sha256_and_sha512() {
-        let d: Digest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a".parse().unwrap();
+        let d: Digest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+            .parse()
+            .unwrap();
         assert_eq!(d.algorithm(), Algorithm::Sha256);
         assert_eq!(d, Digest::of(Algorithm::Sha256, b"{}"));
         let s = Digest::of(Algorithm::Sha512, b"x").to_string();

@@ -19,8 +19,13 @@ pub enum ManifestError {
     #[error("unsupported manifest media type {0:?}")]
     UnsupportedMediaType(String),
     #[error("Content-Type {content_type:?} does not match the manifest's mediaType {media_type:?}")]
-    ContentTypeMismatch { content_type: String, media_type: String },
-    #[error("cannot tell the manifest's media type: set mediaType in the manifest or the Content-Type header")]
+    ContentTypeMismatch {
+        content_type: String,
+        media_type: String,
+    },
+    #[error(
+        "cannot tell the manifest's media type: set mediaType in the manifest or the Content-Type header"
+    )]
     UnknownMediaType,
     #[error("schemaVersion must be 2")]
     SchemaVersion,
@@ -97,7 +102,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
     {
         return Err(ManifestError::Schema1);
     }
-    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawManifest =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     if raw.schema_version == Some(1) || raw.fs_layers.is_some() || raw.signatures.is_some() {
         return Err(ManifestError::Schema1);
     }
@@ -108,7 +114,10 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         (Some(m), Some(ct)) if m != ct => {
             // Clients that send a generic JSON type are tolerated; a different manifest type is a contradiction.
             if ct != "application/json" && ct != "application/octet-stream" {
-                return Err(ManifestError::ContentTypeMismatch { content_type: ct.clone(), media_type: m.clone() });
+                return Err(ManifestError::ContentTypeMismatch {
+                    content_type: ct.clone(),
+                    media_type: m.clone(),
+                });
             }
             m.clone()
         }
@@ -125,18 +134,25 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
     let is_index = media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST;
     let is_image = media_type == media::OCI_MANIFEST || media_type == media::DOCKER_MANIFEST;
     if !is_index && !is_image {
-        return Err(ManifestError::UnsupportedMediaType(super::digest::truncate(&media_type)));
+        return Err(ManifestError::UnsupportedMediaType(
+            super::digest::truncate(&media_type),
+        ));
     }
     let docker = media_type.starts_with("application/vnd.docker.");
     if docker && (raw.subject.is_some() || raw.artifact_type.is_some()) {
-        return Err(ManifestError::Invalid("Docker manifests cannot carry subject or artifactType".into()));
+        return Err(ManifestError::Invalid(
+            "Docker manifests cannot carry subject or artifactType".into(),
+        ));
     }
     if is_index {
         if raw.config.is_some() || raw.layers.is_some() {
-            return Err(ManifestError::Invalid("an index must not have config or layers".into()));
+            return Err(ManifestError::Invalid(
+                "an index must not have config or layers".into(),
+            ));
         }
-        let children =
-            raw.manifests.ok_or_else(|| ManifestError::Invalid("an index needs a manifests array".into()))?;
+        let children = raw
+            .manifests
+            .ok_or_else(|| ManifestError::Invalid("an index needs a manifests array".into()))?;
         Ok(ParsedManifest {
             media_type,
             artifact_type: raw.artifact_type,
@@ -148,11 +164,20 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         })
     } else {
         if raw.manifests.is_some() {
-            return Err(ManifestError::Invalid("an image manifest must not have a manifests array".into()));
+            return Err(ManifestError::Invalid(
+                "an image manifest must not have a manifests array".into(),
+            ));
         }
-        let config = raw.config.ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
-        let layers = raw.layers.ok_or_else(|| ManifestError::Invalid("an image manifest needs a layers array".into()))?;
-        let artifact_type = raw.artifact_type.clone().or_else(|| Some(config.media_type.clone()));
+        let config = raw
+            .config
+            .ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
+        let layers = raw.layers.ok_or_else(|| {
+            ManifestError::Invalid("an image manifest needs a layers array".into())
+        })?;
+        let artifact_type = raw
+            .artifact_type
+            .clone()
+            .or_else(|| Some(config.media_type.clone()));
         Ok(ParsedManifest {
             media_type,
             artifact_type,
@@ -208,16 +233,27 @@ mod tests {
     fn rejects_schema1() {
         let s1 = r#"{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[]}"#;
         assert_eq!(parse(s1.as_bytes(), None), Err(ManifestError::Schema1));
-        assert_eq!(parse(b"{}", Some(media::DOCKER_SCHEMA1_SIGNED)), Err(ManifestError::Schema1));
+        assert_eq!(
+            parse(b"{}", Some(media::DOCKER_SCHEMA1_SIGNED)),
+            Err(ManifestError::Schema1)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in [&b"not json"[..], b"[]", b"{\"schemaVersion\":2}", b"{\"schemaVersion\":2,\"mediaType\":\"text/plain\"}"] {
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            b"{\"schemaVersion\":2}",
+            b"{\"schemaVersion\":2,\"mediaType\":\"text/plain\"}",
+        ] {
             assert!(parse(bad, None).is_err());
         }
         let deep = "[".repeat(10_000);
-        assert!(matches!(parse(deep.as_bytes(), None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            parse(deep.as_bytes(), None),
+            Err(ManifestError::Json(_))
+        ));
     }
 
     #[test]

@@ -19,11 +19,21 @@ pub const NON_DISTRIBUTABLE: &[&str] = &[
 ];
 
 /// The manifest media types berth stores and serves.
-pub const MANIFEST_TYPES: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const MANIFEST_TYPES: &[&str] = &[
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// The media type without parameters (`; charset=…`) and surrounding space, lowercased.
 pub fn essence(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether an `Accept` header admits `media_type`. No header, an empty one or a wildcard admits everything.
@@ -51,7 +61,10 @@ mod tests {
     #[test]
     fn accept_negotiation() {
         assert!(accepts(&[], OCI_MANIFEST));
-        assert!(accepts(&["application/vnd.oci.image.manifest.v1+json; q=0.5, */*"], DOCKER_MANIFEST));
+        assert!(accepts(
+            &["application/vnd.oci.image.manifest.v1+json; q=0.5, */*"],
+            DOCKER_MANIFEST
+        ));
         assert!(accepts(&[OCI_INDEX, OCI_MANIFEST], OCI_MANIFEST));
         assert!(!accepts(&[OCI_MANIFEST], DOCKER_MANIFEST));
     }

@@ -16,7 +16,9 @@ pub enum NameError {
     Empty,
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
-    #[error("invalid repository name {0:?}: components are lowercase letters and digits separated by '.', '_', '__' or '-', joined by '/'")]
+    #[error(
+        "invalid repository name {0:?}: components are lowercase letters and digits separated by '.', '_', '__' or '-', joined by '/'"
+    )]
     Grammar(String),
     #[error("invalid tag {0:?}: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     Tag(String),
@@ -115,8 +117,14 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-        if ok { Ok(Tag(s.to_owned())) } else { Err(NameError::Tag(truncate(s))) }
+            && b[1..]
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tag(s.to_owned()))
+        } else {
+            Err(NameError::Tag(truncate(s)))
+        }
     }
 }
 
@@ -130,7 +138,11 @@ pub enum Reference {
 impl FromStr for Reference {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
-        if s.contains(':') { Ok(Reference::Digest(s.parse()?)) } else { Ok(Reference::Tag(s.parse()?)) }
+        if s.contains(':') {
+            Ok(Reference::Digest(s.parse()?))
+        } else {
+            Ok(Reference::Tag(s.parse()?))
+        }
     }
 }
 
@@ -149,16 +161,34 @@ mod tests {
 
     #[test]
     fn accepts_spec_names() {
-        for ok in ["a", "library/alpine", "a.b_c__d---e/f0", "team/app/sub-1", "x".repeat(255).as_str()] {
+        for ok in [
+            "a",
+            "library/alpine",
+            "a.b_c__d---e/f0",
+            "team/app/sub-1",
+            "x".repeat(255).as_str(),
+        ] {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok:?}");
         }
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in
-            ["", "A", "a/../b", "..", "a//b", "a/", "/a", "a___b", "a.", "-a", "a/.b", "%2e%2e", "x".repeat(256).as_str()]
-        {
+        for bad in [
+            "",
+            "A",
+            "a/../b",
+            "..",
+            "a//b",
+            "a/",
+            "/a",
+            "a___b",
+            "a.",
+            "-a",
+            "a/.b",
+            "%2e%2e",
+            "x".repeat(256).as_str(),
+        ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
         }
     }
@@ -170,6 +200,9 @@ mod tests {
         assert!(".x".parse::<Tag>().is_err());
         assert!("a/b".parse::<Tag>().is_err());
         assert!("t".repeat(129).parse::<Tag>().is_err());
-        assert!(matches!("sha256:zz".parse::<Reference>(), Err(NameError::Digest(_))));
+        assert!(matches!(
+            "sha256:zz".parse::<Reference>(),
+            Err(NameError::Digest(_))
+        ));
     }
 }

@@ -35,7 +35,10 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     pub fn new(budget: usize) -> ManifestCache {
-        ManifestCache { budget, inner: Mutex::new((HashMap::new(), 0)) }
+        ManifestCache {
+            budget,
+            inner: Mutex::new((HashMap::new(), 0)),
+        }
     }
 
     fn get(&self, d: &Digest) -> Option<Bytes> {
@@ -59,7 +62,11 @@ impl ManifestCache {
 fn rejection_error(r: ManifestRejection) -> RegistryError {
     match r {
         ManifestRejection::Missing(ds) => RegistryError::ManifestBlobUnknown(ds),
-        ManifestRejection::SizeMismatch { digest, declared, actual } => RegistryError::ManifestInvalid(format!(
+        ManifestRejection::SizeMismatch {
+            digest,
+            declared,
+            actual,
+        } => RegistryError::ManifestInvalid(format!(
             "descriptor of {digest} declares size {declared} but the stored object has {actual} bytes"
         )),
     }
@@ -78,7 +85,10 @@ impl Registry {
     ) -> Result<PutManifest, RegistryError> {
         let limit = self.limits.max_manifest_size;
         if bytes.len() as u64 > limit {
-            return Err(RegistryError::ManifestTooLarge { size: bytes.len() as u64, limit });
+            return Err(RegistryError::ManifestTooLarge {
+                size: bytes.len() as u64,
+                limit,
+            });
         }
         let digest = match reference {
             Reference::Digest(expected) => {
@@ -95,20 +105,34 @@ impl Registry {
         let parsed = manifest::parse(&bytes, content_type)?;
         let mut refs = Vec::new();
         if let Some(c) = &parsed.config {
-            refs.push(NewRef { digest: c.digest.clone(), size: c.size, kind: RefKind::Config });
+            refs.push(NewRef {
+                digest: c.digest.clone(),
+                size: c.size,
+                kind: RefKind::Config,
+            });
         }
         for l in parsed.layers.iter().filter(|l| !l.is_non_distributable()) {
-            refs.push(NewRef { digest: l.digest.clone(), size: l.size, kind: RefKind::Layer });
+            refs.push(NewRef {
+                digest: l.digest.clone(),
+                size: l.size,
+                kind: RefKind::Layer,
+            });
         }
         for c in &parsed.children {
-            refs.push(NewRef { digest: c.digest.clone(), size: c.size, kind: RefKind::Child });
+            refs.push(NewRef {
+                digest: c.digest.clone(),
+                size: c.size,
+                kind: RefKind::Child,
+            });
         }
         let mut tags = extra_tags;
         if let Reference::Tag(t) = reference {
             tags.push(t.clone());
         }
         let annotations = match &parsed.annotations {
-            Some(a) => Some(serde_json::to_string(a).map_err(|e| RegistryError::Internal(e.to_string()))?),
+            Some(a) => {
+                Some(serde_json::to_string(a).map_err(|e| RegistryError::Internal(e.to_string()))?)
+            }
             None => None,
         };
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
@@ -122,11 +146,20 @@ impl Registry {
         };
         self.blobs.put_bytes(&digest, bytes.clone()).await?;
         self.meta
-            .put_manifest(NewManifest { repo: repo.clone(), record, refs, tags: tags.clone() })
+            .put_manifest(NewManifest {
+                repo: repo.clone(),
+                record,
+                refs,
+                tags: tags.clone(),
+            })
             .await?
             .map_err(rejection_error)?;
         self.manifests.insert(digest.clone(), bytes);
-        Ok(PutManifest { digest, subject, tags })
+        Ok(PutManifest {
+            digest,
+            subject,
+            tags,
+        })
     }
 
     /// Resolves a reference to a manifest record.
@@ -177,14 +210,21 @@ impl Registry {
         })?;
         if Digest::of(record.digest.algorithm(), &bytes) != record.digest {
             tracing::error!(digest = %record.digest, "manifest bytes do not match their digest");
-            return Err(RegistryError::Internal(format!("stored data for {} is damaged", record.digest)));
+            return Err(RegistryError::Internal(format!(
+                "stored data for {} is damaged",
+                record.digest
+            )));
         }
         self.manifests.insert(record.digest.clone(), bytes.clone());
         Ok(bytes)
     }
 
     /// DELETE by digest removes the manifest and its tags; by tag removes only the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), RegistryError> {
         match reference {
             Reference::Tag(t) => {
                 if self.meta.delete_tag(repo, t).await? {
@@ -195,7 +235,9 @@ impl Registry {
             }
             Reference::Digest(d) => match self.meta.delete_manifest(repo, d).await? {
                 RemoveOutcome::Removed => Ok(()),
-                RemoveOutcome::NotFound => Err(RegistryError::ManifestUnknown(format!("{repo}@{d}"))),
+                RemoveOutcome::NotFound => {
+                    Err(RegistryError::ManifestUnknown(format!("{repo}@{d}")))
+                }
                 RemoveOutcome::ReferencedBy(parent) => Err(RegistryError::Referenced(format!(
                     "manifest {d} is referenced by index {parent} in {repo}; delete the index first"
                 ))),
@@ -223,7 +265,10 @@ impl Registry {
                 if let Some(at) = r.artifact_type {
                     d["artifactType"] = at.into();
                 }
-                if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()) {
+                if let Some(a) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+                {
                     d["annotations"] = a;
                 }
                 d
@@ -234,7 +279,9 @@ impl Registry {
             "mediaType": media::OCI_INDEX,
             "manifests": manifests,
         });
-        serde_json::to_vec(&index).map(Bytes::from).map_err(|e| RegistryError::Internal(e.to_string()))
+        serde_json::to_vec(&index)
+            .map(Bytes::from)
+            .map_err(|e| RegistryError::Internal(e.to_string()))
     }
 }
 

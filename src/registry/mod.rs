@@ -65,8 +65,18 @@ impl ByteRange {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, limits: Limits) -> Registry {
-        Registry { blobs, meta, limits, uploads: Default::default(), manifests: ManifestCache::new(64 << 20) }
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        limits: Limits,
+    ) -> Registry {
+        Registry {
+            blobs,
+            meta,
+            limits,
+            uploads: Default::default(),
+            manifests: ManifestCache::new(64 << 20),
+        }
     }
 
     pub fn max_manifest_size(&self) -> u64 {
@@ -79,7 +89,10 @@ impl Registry {
 
     /// Size of a blob visible in `repo` (HEAD).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
-        self.meta.repo_blob(repo, digest).await?.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+        self.meta
+            .repo_blob(repo, digest)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
     /// Opens a blob visible in `repo`, whole or a range of it. The stored object's real length is checked against the
@@ -92,21 +105,28 @@ impl Registry {
     ) -> Result<BlobDownload, RegistryError> {
         let size = self.blob_size(repo, digest).await?;
         let span = match range {
-            Some(r) => Some(r.resolve(size).ok_or(RegistryError::RangeNotSatisfiable { size })?),
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(RegistryError::RangeNotSatisfiable { size })?,
+            ),
             None => None,
         };
         let reader = match self.blobs.open(digest, span).await {
             Ok(r) => r,
             Err(StoreError::NotFound) | Err(StoreError::RangeOutsideObject) => {
                 tracing::error!(%digest, "blob row exists but its bytes are missing or short");
-                return Err(RegistryError::Internal(format!("stored data for {digest} is damaged")));
+                return Err(RegistryError::Internal(format!(
+                    "stored data for {digest} is damaged"
+                )));
             }
             Err(e) => return Err(e.into()),
         };
         let expected = span.map_or(size, |(s, e)| e - s + 1);
         if reader.len != expected {
             tracing::error!(%digest, expected, actual = reader.len, "blob bytes do not match recorded size");
-            return Err(RegistryError::Internal(format!("stored data for {digest} is damaged")));
+            return Err(RegistryError::Internal(format!(
+                "stored data for {digest} is damaged"
+            )));
         }
         Ok(BlobDownload { size, reader })
     }
@@ -134,8 +154,15 @@ impl Registry {
     }
 
     /// Tags of a repository, paginated.
-    pub async fn list_tags(&self, repo: &RepoName, page: &Page) -> Result<Vec<String>, RegistryError> {
-        self.meta.list_tags(repo, page).await?.ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        page: &Page,
+    ) -> Result<Vec<String>, RegistryError> {
+        self.meta
+            .list_tags(repo, page)
+            .await?
+            .ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
     }
 
     /// Repository names, paginated.
@@ -155,7 +182,11 @@ impl Registry {
             }
         }
         if tmp + orphans > 0 {
-            tracing::info!(temporary_files = tmp, orphan_uploads = orphans, "reclaimed leftovers of interrupted writes");
+            tracing::info!(
+                temporary_files = tmp,
+                orphan_uploads = orphans,
+                "reclaimed leftovers of interrupted writes"
+            );
         }
         self.expire_uploads().await?;
         Ok(())

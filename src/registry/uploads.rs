@@ -31,7 +31,9 @@ struct UploadState {
 
 /// Per-session state, each behind its own lock so chunks of one session are serialised and sessions never contend.
 #[derive(Default)]
-pub(super) struct UploadStates(parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<UploadState>>>>>);
+pub(super) struct UploadStates(
+    parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<UploadState>>>>>,
+);
 
 impl UploadStates {
     fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<UploadState>>> {
@@ -55,7 +57,9 @@ fn hashing(
         let mut s = state.lock();
         s.1 += chunk.len() as u64;
         if limit.is_some_and(|l| s.1 > l) {
-            return Err(std::io::Error::other("body is longer than its Content-Range"));
+            return Err(std::io::Error::other(
+                "body is longer than its Content-Range",
+            ));
         }
         s.0.update(&chunk);
         Ok(chunk)
@@ -73,15 +77,27 @@ fn new_upload_id() -> String {
 
 impl Registry {
     /// Opens an upload session in `repo`.
-    pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadStatus, RegistryError> {
+    pub async fn start_upload(
+        &self,
+        repo: &RepoName,
+        algorithm: Algorithm,
+    ) -> Result<UploadStatus, RegistryError> {
         let id = new_upload_id();
         self.blobs.create_upload(&id).await?;
-        let rec = UploadRecord { id: id.clone(), repo: repo.clone(), algorithm, started_at: now() };
+        let rec = UploadRecord {
+            id: id.clone(),
+            repo: repo.clone(),
+            algorithm,
+            started_at: now(),
+        };
         if let Err(e) = self.meta.create_upload(&rec).await {
             let _ = self.blobs.delete_upload(&id).await;
             return Err(e.into());
         }
-        *self.uploads.slot(&id).lock().await = Some(UploadState { offset: 0, hasher: algorithm.hasher() });
+        *self.uploads.slot(&id).lock().await = Some(UploadState {
+            offset: 0,
+            hasher: algorithm.hasher(),
+        });
         Ok(UploadStatus { id, offset: 0 })
     }
 
@@ -95,7 +111,11 @@ impl Registry {
 
     /// Loads the session's state, rebuilding the hash from stored bytes when this process has not seen it
     /// (after a restart).
-    async fn load_state(&self, rec: &UploadRecord, slot: &mut Option<UploadState>) -> Result<(), RegistryError> {
+    async fn load_state(
+        &self,
+        rec: &UploadRecord,
+        slot: &mut Option<UploadState>,
+    ) -> Result<(), RegistryError> {
         if slot.is_some() {
             return Ok(());
         }
@@ -116,13 +136,20 @@ impl Registry {
     }
 
     /// Current status of a session (GET on the upload URL).
-    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
+    pub async fn upload_status(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<UploadStatus, RegistryError> {
         let rec = self.session(repo, id).await?;
         let slot = self.uploads.slot(id);
         let mut guard = slot.lock().await;
         self.load_state(&rec, &mut guard).await?;
         let offset = guard.as_ref().map_or(0, |s| s.offset);
-        Ok(UploadStatus { id: id.to_owned(), offset })
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            offset,
+        })
     }
 
     /// Appends a chunk. `range` is the request's `Content-Range` (inclusive); it must start at the current offset.
@@ -139,7 +166,10 @@ impl Registry {
         self.load_state(&rec, &mut guard).await?;
         let state = guard.as_mut().ok_or(RegistryError::BlobUploadUnknown)?;
         self.append_locked(id, state, range, body).await?;
-        Ok(UploadStatus { id: id.to_owned(), offset: state.offset })
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            offset: state.offset,
+        })
     }
 
     async fn append_locked(
@@ -152,17 +182,28 @@ impl Registry {
         let expected_len = match range {
             Some((start, end)) => {
                 if start != state.offset {
-                    return Err(RegistryError::UploadOutOfOrder { offset: state.offset });
+                    return Err(RegistryError::UploadOutOfOrder {
+                        offset: state.offset,
+                    });
                 }
                 if end < start {
-                    return Err(RegistryError::BlobUploadInvalid(format!("Content-Range {start}-{end} is empty")));
+                    return Err(RegistryError::BlobUploadInvalid(format!(
+                        "Content-Range {start}-{end} is empty"
+                    )));
                 }
                 Some(end - start + 1)
             }
             None => None,
         };
         let shared = Arc::new(parking_lot::Mutex::new((state.hasher.clone(), 0u64)));
-        let result = self.blobs.append_upload(id, state.offset, hashing(body, shared.clone(), expected_len)).await;
+        let result = self
+            .blobs
+            .append_upload(
+                id,
+                state.offset,
+                hashing(body, shared.clone(), expected_len),
+            )
+            .await;
         let (hasher, counted) = {
             let s = shared.lock();
             (s.0.clone(), s.1)
@@ -186,7 +227,9 @@ impl Registry {
             Err(StoreError::Io(e)) if expected_len.is_some_and(|l| counted > l) => {
                 Err(RegistryError::BlobUploadInvalid(e.to_string()))
             }
-            Err(e) => Err(RegistryError::BlobUploadInvalid(format!("upload body was not received whole: {e}"))),
+            Err(e) => Err(RegistryError::BlobUploadInvalid(format!(
+                "upload body was not received whole: {e}"
+            ))),
         }
     }
 
@@ -216,7 +259,9 @@ impl Registry {
         self.append_locked(id, state, range, body).await?;
         let actual = state.hasher.clone().finish();
         if &actual != digest {
-            return Err(RegistryError::DigestInvalid(format!("expected {digest}, content hashes to {actual}")));
+            return Err(RegistryError::DigestInvalid(format!(
+                "expected {digest}, content hashes to {actual}"
+            )));
         }
         let size = state.offset;
         self.blobs.publish_upload(id, digest).await?;
@@ -241,7 +286,12 @@ impl Registry {
 
     /// A whole blob in one request (POST with `digest`). No session row is written: if the process dies midway the
     /// temporary object has no owner and is reclaimed at the next start.
-    pub async fn push_blob(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64, RegistryError> {
+    pub async fn push_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64, RegistryError> {
         let id = new_upload_id();
         self.blobs.create_upload(&id).await?;
         let result = self.push_blob_into(repo, &id, digest, body).await;
@@ -258,11 +308,16 @@ impl Registry {
         digest: &Digest,
         body: ByteStream,
     ) -> Result<u64, RegistryError> {
-        let mut state = UploadState { offset: 0, hasher: digest.algorithm().hasher() };
+        let mut state = UploadState {
+            offset: 0,
+            hasher: digest.algorithm().hasher(),
+        };
         self.append_locked(id, &mut state, None, body).await?;
         let actual = state.hasher.finish();
         if &actual != digest {
-            return Err(RegistryError::DigestInvalid(format!("expected {digest}, content hashes to {actual}")));
+            return Err(RegistryError::DigestInvalid(format!(
+                "expected {digest}, content hashes to {actual}"
+            )));
         }
         self.blobs.publish_upload(id, digest).await?;
         self.meta.commit_blob(repo, digest, state.offset).await?;

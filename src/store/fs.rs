@@ -28,11 +28,17 @@ impl FsBlobStore {
         for dir in ["blobs", "uploads", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        Ok(FsBlobStore { root: root.to_path_buf() })
+        Ok(FsBlobStore {
+            root: root.to_path_buf(),
+        })
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs").join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&d.hex()[..2])
+            .join(d.hex())
     }
 
     fn upload_path(&self, id: &str) -> Result<PathBuf, StoreError> {
@@ -44,24 +50,34 @@ impl FsBlobStore {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string())
+        self.root
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().simple().to_string())
     }
 }
 
 fn not_found_as(e: std::io::Error) -> StoreError {
-    if e.kind() == std::io::ErrorKind::NotFound { StoreError::NotFound } else { StoreError::Io(e) }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::NotFound
+    } else {
+        StoreError::Io(e)
+    }
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
 }
 
 /// fsync(file), rename into place, fsync(parent dir): the durable atomic publish.
 fn publish_file(src: &Path, file: &std::fs::File, dst: &Path) -> Result<(), StoreError> {
     file.sync_all()?;
-    let parent = dst.parent().ok_or_else(|| StoreError::Io(std::io::Error::other("blob path has no parent")))?;
+    let parent = dst
+        .parent()
+        .ok_or_else(|| StoreError::Io(std::io::Error::other("blob path has no parent")))?;
     std::fs::create_dir_all(parent)?;
     std::fs::rename(src, dst)?;
     std::fs::File::open(parent)?.sync_all()?;
@@ -79,12 +95,20 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
-    async fn append_upload(&self, id: &str, offset: u64, mut data: ByteStream) -> Result<u64, StoreError> {
+    async fn append_upload(
+        &self,
+        id: &str,
+        offset: u64,
+        mut data: ByteStream,
+    ) -> Result<u64, StoreError> {
         let path = self.upload_path(id)?;
         // Receiving (this task) and writing (a blocking thread) overlap through a small bounded queue.
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let mut f = std::fs::OpenOptions::new().write(true).open(&path).map_err(not_found_as)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(not_found_as)?;
             let len = f.metadata()?.len();
             if len != offset {
                 // A previous failed append may have left bytes past the committed offset.
@@ -108,7 +132,8 @@ impl BlobStore for FsBlobStore {
             match item {
                 Ok(chunk) => {
                     batch.extend_from_slice(&chunk);
-                    if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err() {
+                    if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err()
+                    {
                         break; // the writer failed; its error is reported below
                     }
                 }
@@ -122,7 +147,9 @@ impl BlobStore for FsBlobStore {
             let _ = tx.send(batch.freeze()).await;
         }
         drop(tx);
-        let written = writer.await.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let written = writer
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         if let Some(e) = failure {
             let path = self.upload_path(id)?;
             blocking(move || {
@@ -144,7 +171,9 @@ impl BlobStore for FsBlobStore {
     async fn read_upload(&self, id: &str) -> Result<ByteStream, StoreError> {
         let path = self.upload_path(id)?;
         let file = tokio::fs::File::open(path).await.map_err(not_found_as)?;
-        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)))
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+            file, READ_CHUNK,
+        )))
     }
 
     async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
@@ -184,7 +213,10 @@ impl BlobStore for FsBlobStore {
         let dst = self.blob_path(digest);
         blocking(move || {
             let mut f = std::fs::File::create_new(&tmp)?;
-            let result = f.write_all(&data).map_err(StoreError::from).and_then(|()| publish_file(&tmp, &f, &dst));
+            let result = f
+                .write_all(&data)
+                .map_err(StoreError::from)
+                .and_then(|()| publish_file(&tmp, &f, &dst));
             if result.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -195,10 +227,16 @@ impl BlobStore for FsBlobStore {
 
     async fn get_bytes(&self, digest: &Digest) -> Result<Bytes, StoreError> {
         let path = self.blob_path(digest);
-        Ok(Bytes::from(tokio::fs::read(path).await.map_err(not_found_as)?))
+        Ok(Bytes::from(
+            tokio::fs::read(path).await.map_err(not_found_as)?,
+        ))
     }
 
-    async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader, StoreError> {
+    async fn open(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobReader, StoreError> {
         let path = self.blob_path(digest);
         let (file, len) = blocking(move || {
             let mut file = std::fs::File::open(path).map_err(not_found_as)?;
@@ -217,7 +255,12 @@ impl BlobStore for FsBlobStore {
         })
         .await?;
         let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-        Ok(BlobReader { len, body: Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)) })
+        Ok(BlobReader {
+            len,
+            body: Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                reader, READ_CHUNK,
+            )),
+        })
     }
 
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
@@ -250,7 +293,10 @@ impl BlobStore for FsBlobStore {
 }
 
 /// Reads a whole stream into a hasher; used to rebuild upload hash state after a restart.
-pub fn hash_reader(mut r: impl Read, hasher: &mut crate::oci::DigestHasher) -> std::io::Result<u64> {
+pub fn hash_reader(
+    mut r: impl Read,
+    hasher: &mut crate::oci::DigestHasher,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut total = 0;
     loop {

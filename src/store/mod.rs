@@ -39,7 +39,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Appends `data` to the upload at `offset` (which must be its current length). On error the object is cut back
     /// to `offset`, so a failed chunk leaves the session as it was. Returns the number of bytes appended.
-    async fn append_upload(&self, id: &str, offset: u64, data: ByteStream) -> Result<u64, StoreError>;
+    async fn append_upload(
+        &self,
+        id: &str,
+        offset: u64,
+        data: ByteStream,
+    ) -> Result<u64, StoreError>;
 
     /// Current length of an upload's temporary object.
     async fn upload_len(&self, id: &str) -> Result<u64, StoreError>;
@@ -64,7 +69,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get_bytes(&self, digest: &Digest) -> Result<Bytes, StoreError>;
 
     /// Opens a blob, optionally a byte range `start..=end` of it.
-    async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader, StoreError>;
+    async fn open(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobReader, StoreError>;
 
     /// Length of a stored blob, or `None` when absent.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;

@@ -471,10 +471,7 @@ async fn raw_exchange(
     if chunked && method != "HEAD" {
         let mut out = Vec::new();
         let mut i = 0;
-        loop {
-            let Some(nl) = rest[i..].windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(nl) = rest[i..].windows(2).position(|w| w == b"\r\n") {
             let size_line = String::from_utf8_lossy(&rest[i..i + nl]).to_string();
             let size =
                 usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap_or(0);
