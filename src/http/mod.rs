@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::meta::Page;
 use crate::oci::{Algorithm, Digest, NameError, Reference, RepoName, media, name::Tag};
@@ -27,6 +27,9 @@ const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// How much of an oversized manifest body is read (and discarded) so the client gets to see the 413.
+const OVERSIZE_DRAIN_LIMIT: u64 = 64 << 20;
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
@@ -451,18 +454,35 @@ async fn put_manifest(
         .collect::<Result<Vec<_>>>()?;
     let content_type = header_str(req.headers(), &header::CONTENT_TYPE).map(str::to_owned);
     let limit = reg.max_manifest_size();
-    if let Some(len) =
-        header_str(req.headers(), &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
-        && len > limit
-    {
-        return Err(RegistryError::ManifestTooLarge { size: len, limit });
+    let declared =
+        header_str(req.headers(), &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&d| d > OVERSIZE_DRAIN_LIMIT) {
+        return Err(RegistryError::ManifestTooLarge { size, limit });
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit as usize + 1)
-        .await
-        .map_err(|_| RegistryError::ManifestTooLarge {
-            size: limit + 1,
-            limit,
+    let mut body = req.into_body().into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::ManifestInvalid(format!("manifest body was not received whole: {e}"))
         })?;
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() as u64 > limit {
+            // Most clients only read the response once their body is sent, so a moderately oversized body is
+            // drained to let them see the 413 rather than a broken pipe; a huge one is cut off.
+            let mut seen = bytes.len() as u64;
+            while seen <= OVERSIZE_DRAIN_LIMIT {
+                match body.next().await {
+                    Some(Ok(c)) => seen += c.len() as u64,
+                    _ => break,
+                }
+            }
+            return Err(RegistryError::ManifestTooLarge {
+                size: declared.unwrap_or(seen).max(seen),
+                limit,
+            });
+        }
+    }
+    let bytes = bytes.freeze();
     let put = reg
         .put_manifest(repo, reference, tags, content_type.as_deref(), bytes)
         .await?;
