@@ -83,10 +83,6 @@ impl Registry {
         self.limits.max_manifest_size
     }
 
-    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
-        &self.meta
-    }
-
     /// Size of a blob visible in `repo` (HEAD).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
         self.meta

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{Registry, RegistryError};
@@ -64,10 +63,6 @@ fn hashing(
         s.0.update(&chunk);
         Ok(chunk)
     }))
-}
-
-fn empty_body() -> ByteStream {
-    Box::pin(futures_util::stream::empty::<std::io::Result<Bytes>>())
 }
 
 fn new_upload_id() -> String {
@@ -322,10 +317,5 @@ impl Registry {
         self.blobs.publish_upload(id, digest).await?;
         self.meta.commit_blob(repo, digest, state.offset).await?;
         Ok(state.offset)
-    }
-
-    /// Used by the monolithic path when no body follows the POST.
-    pub fn empty_body() -> ByteStream {
-        empty_body()
     }
 }

@@ -2,7 +2,7 @@
 //! `blobs/<alg>/<first two hex>/<hex>` published blobs; `uploads/<id>` upload sessions; `tmp/` atomic-write staging.
 //! Publishing is fsync(file) → rename → fsync(dir), so a crash leaves either no object or the whole object.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -289,22 +289,5 @@ impl BlobStore for FsBlobStore {
             Ok(n)
         })
         .await
-    }
-}
-
-/// Reads a whole stream into a hasher; used to rebuild upload hash state after a restart.
-pub fn hash_reader(
-    mut r: impl Read,
-    hasher: &mut crate::oci::DigestHasher,
-) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
     }
 }
