@@ -252,15 +252,7 @@ impl Registry {
         }
         // Always append (possibly nothing): it also cuts off bytes a failed chunk may have left behind.
         self.append_locked(id, state, range, body).await?;
-        let actual = state.hasher.clone().finish();
-        if &actual != digest {
-            return Err(RegistryError::DigestInvalid(format!(
-                "expected {digest}, content hashes to {actual}"
-            )));
-        }
-        let size = state.offset;
-        self.blobs.publish_upload(id, digest).await?;
-        self.meta.commit_blob(repo, digest, size).await?;
+        let size = self.publish_verified(repo, id, digest, state).await?;
         self.meta.delete_upload(id).await?;
         *guard = None;
         drop(guard);
@@ -308,7 +300,19 @@ impl Registry {
             hasher: digest.algorithm().hasher(),
         };
         self.append_locked(id, &mut state, None, body).await?;
-        let actual = state.hasher.finish();
+        self.publish_verified(repo, id, digest, &state).await
+    }
+
+    /// Checks the received bytes against `digest`, then publishes them and records the blob — bytes strictly
+    /// before the row (invariant 2). Returns the blob's size.
+    async fn publish_verified(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        state: &UploadState,
+    ) -> Result<u64, RegistryError> {
+        let actual = state.hasher.clone().finish();
         if &actual != digest {
             return Err(RegistryError::DigestInvalid(format!(
                 "expected {digest}, content hashes to {actual}"
