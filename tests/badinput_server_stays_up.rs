@@ -3,15 +3,15 @@
 //! are sent over a raw TCP connection exactly as written.
 
 mod common;
+#[path = "common/image.rs"]
+mod image;
 
 use common::{Berth, sha256_digest};
+use image::{OCI_INDEX, OCI_MANIFEST, pseudo_random, with_digest};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -174,11 +174,7 @@ async fn put_manifest(
 }
 
 fn absolute(b: &Berth, location: &str) -> String {
-    if location.starts_with("http") {
-        location.to_string()
-    } else {
-        format!("{}{location}", b.url())
-    }
+    image::absolute(&b.url(), location)
 }
 
 /// Path (and query) of a Location value, for raw requests.
@@ -187,11 +183,6 @@ fn path_of(location: &str) -> String {
         Some(rest) => rest[rest.find('/').unwrap()..].to_string(),
         None => location.to_string(),
     }
-}
-
-fn with_digest(loc: &str, digest: &str) -> String {
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    format!("{loc}{sep}digest={digest}")
 }
 
 async fn start_upload(b: &Berth, repo: &str) -> String {
@@ -249,19 +240,6 @@ async fn blob_status(b: &Berth, repo: &str, digest: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@
 //! Set `BERTH_TEST_REGISTRY=HOST:PORT` to run the same checks against another registry instead of a fresh berth.
 
 mod common;
+#[path = "common/image.rs"]
+mod image;
 
-use common::{Berth, sha256_digest};
+use common::sha256_digest;
+use image::{pseudo_random, target};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{
     IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE, IMAGE_LAYER_MEDIA_TYPE, ImageIndexEntry,
@@ -17,36 +20,6 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::json;
 
-struct Target {
-    _berth: Option<Berth>,
-    host: String,
-    suffix: String,
-}
-
-fn target() -> Target {
-    match std::env::var("BERTH_TEST_REGISTRY") {
-        Ok(h) if !h.is_empty() => Target {
-            _berth: None,
-            host: h,
-            suffix: format!(
-                "-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ),
-        },
-        _ => {
-            let b = Berth::start();
-            Target {
-                host: b.host(),
-                _berth: Some(b),
-                suffix: String::new(),
-            }
-        }
-    }
-}
-
 fn oci() -> Client {
     Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
@@ -56,19 +29,6 @@ fn oci() -> Client {
 
 fn reference(s: &str) -> Reference {
     s.parse().unwrap_or_else(|e| panic!("reference {s}: {e:?}"))
-}
-
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
 }
 
 fn config_for(arch: &str) -> Config {
@@ -83,24 +43,8 @@ fn config_for(arch: &str) -> Config {
 
 /// GETs a manifest with plain HTTP: (Content-Type, Docker-Content-Digest, bytes).
 async fn raw_manifest(host: &str, repo: &str, reference: &str) -> (String, String, Vec<u8>) {
-    let r = common::client()
-        .get(format!("http://{host}/v2/{repo}/manifests/{reference}"))
-        .header(
-            "Accept",
-            format!("{OCI_IMAGE_INDEX_MEDIA_TYPE}, {OCI_IMAGE_MEDIA_TYPE}"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET manifest {repo}:{reference}");
-    let h = |n: &str| {
-        r.headers()
-            .get(n)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    let (ct, dcd) = (h("content-type"), h("docker-content-digest"));
-    (ct, dcd, r.bytes().await.unwrap().to_vec())
+    let accept = format!("{OCI_IMAGE_INDEX_MEDIA_TYPE}, {OCI_IMAGE_MEDIA_TYPE}");
+    image::http_manifest_accept(host, repo, reference, &accept).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

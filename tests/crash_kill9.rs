@@ -5,8 +5,11 @@
 //! `BERTH_CRASH_SEED=<seed>` replays the same schedule (timing still varies).
 
 mod common;
+#[path = "common/image.rs"]
+mod image;
 
 use common::{Berth, sha256_digest};
+use image::{XorShift, absolute, with_digest};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,48 +17,12 @@ const CYCLES: usize = 3;
 const PUSHES: usize = 20;
 const MIB: usize = 1024 * 1024;
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
-}
-
-fn absolute(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        location.to_string()
-    } else {
-        format!("{base}{location}")
-    }
-}
-
-fn with_digest(loc: &str, digest: &str) -> String {
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    format!("{loc}{sep}digest={digest}")
 }
 
 fn location(r: &reqwest::Response, base: &str) -> Result<String, String> {
