@@ -547,8 +547,16 @@ async fn tags(reg: &Registry, repo: &RepoName, q: &[(String, String)]) -> Result
     let (p, n) = page(q)?;
     let tags = reg.list_tags(repo, &p).await?;
     let (tags, link) = paginate(tags, n, &format!("/v2/{repo}/tags/list"));
-    let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
-        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+    #[derive(serde::Serialize)]
+    struct TagList<'a> {
+        name: &'a str,
+        tags: &'a [String],
+    }
+    let body = serde_json::to_vec(&TagList {
+        name: repo.as_str(),
+        tags: &tags,
+    })
+    .map_err(|e| RegistryError::Internal(e.to_string()))?;
     let mut r = json_response(StatusCode::OK, body.into());
     if let Some(l) = link {
         r.headers_mut().insert(header::LINK, l);
