@@ -9,13 +9,145 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::sqlite::Synchronous;
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub limits: Limits,
     pub log: Log,
+    /// Pull-through caches of upstream registries (`[[mirror]]` tables). Absent: the four well-known public
+    /// registries; `mirror = []` disables mirroring.
+    pub mirror: Vec<Mirror>,
+}
+
+/// One upstream registry served read-only through berth.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Path prefix (`/v2/<name>/…`) and the registry host containerd names in `?ns=`, e.g. `docker.io`.
+    pub name: String,
+    /// Base URL of the upstream registry; `http://` only when said so explicitly.
+    pub upstream: String,
+    /// Further path prefixes that reach this mirror, e.g. `hub`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// A cached tag younger than this is served without asking the upstream.
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Upstream credentials (Basic, or for the token flow). Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password, instead of writing it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Time allowed to open a connection to the upstream.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to answer with headers.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest pause between body bytes before an upstream transfer is abandoned.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl Mirror {
+    /// A mirror with default options, as `--mirror NAME=URL` creates.
+    pub fn new(name: &str, upstream: &str, aliases: &[&str]) -> Mirror {
+        Mirror {
+            name: name.to_owned(),
+            upstream: upstream.to_owned(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            tag_ttl: default_tag_ttl(),
+            username: None,
+            password: None,
+            password_env: None,
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+
+    /// Parses `NAME=URL`.
+    pub fn from_flag(flag: &str) -> Result<Mirror, ConfigError> {
+        let (name, url) = flag
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--mirror {flag:?}: expected NAME=URL")))?;
+        Ok(Mirror::new(name.trim(), url.trim(), &[]))
+    }
+
+    /// The password: inline, or read from the named environment variable.
+    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.password, &self.password_env) {
+            (Some(p), None) => Ok(Some(p.clone())),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "mirror {}: environment variable {var} is not set",
+                    self.name
+                ))
+            }),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+                "mirror {}: set password or password_env, not both",
+                self.name
+            ))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("mirror {:?}: {why}", self.name));
+        for n in std::iter::once(&self.name).chain(&self.aliases) {
+            let ok = !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:_".contains(&b));
+            if !ok {
+                return Err(bad(format!(
+                    "{n:?} must be a host name (lowercase letters, digits, '.', '-', ':')"
+                )));
+            }
+        }
+        if !(self.upstream.starts_with("https://") || self.upstream.starts_with("http://")) {
+            return Err(bad(format!(
+                "upstream {:?} must start with https:// or http://",
+                self.upstream
+            )));
+        }
+        self.resolved_password()?;
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            storage: Storage::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+            mirror: vec![
+                Mirror::new("docker.io", "https://registry-1.docker.io", &["hub"]),
+                Mirror::new("ghcr.io", "https://ghcr.io", &[]),
+                Mirror::new("quay.io", "https://quay.io", &[]),
+                Mirror::new("registry.k8s.io", "https://registry.k8s.io", &[]),
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -128,6 +260,56 @@ upload_expiry = "24h"
 format = "human"
 # A tracing filter, e.g. "info" or "berth=debug". RUST_LOG overrides it.
 level = "info"
+
+# Pull-through caches. Clients reach a mirror by path prefix (/v2/docker.io/library/alpine/...), by containerd's
+# ?ns=<host> (hosts.toml mirrors), or through an alias. Mirrors are read-only: pushes and deletes are refused.
+# Without any [[mirror]] table these four are configured; write `mirror = []` (before any table) to have none.
+# Keys: name (prefix and ns host), upstream (URL), aliases, tag_ttl (cached tags younger than this are served
+# without asking the upstream), username / password or password_env (upstream credentials, never logged),
+# connect_timeout, response_timeout (until the upstream sends headers), idle_timeout (longest pause in a body).
+[[mirror]]
+# Docker Hub; one-component names get "library/" (alpine -> library/alpine).
+name = "docker.io"
+upstream = "https://registry-1.docker.io"
+aliases = ["hub"]
+tag_ttl = "5m"
+connect_timeout = "5s"
+response_timeout = "15s"
+idle_timeout = "15s"
+
+[[mirror]]
+# GitHub's container registry.
+name = "ghcr.io"
+upstream = "https://ghcr.io"
+tag_ttl = "5m"
+connect_timeout = "5s"
+response_timeout = "15s"
+idle_timeout = "15s"
+
+[[mirror]]
+# Red Hat Quay.
+name = "quay.io"
+upstream = "https://quay.io"
+tag_ttl = "5m"
+connect_timeout = "5s"
+response_timeout = "15s"
+idle_timeout = "15s"
+
+[[mirror]]
+# Kubernetes images.
+name = "registry.k8s.io"
+upstream = "https://registry.k8s.io"
+tag_ttl = "5m"
+connect_timeout = "5s"
+response_timeout = "15s"
+idle_timeout = "15s"
+
+# Adding another upstream, e.g. a company registry with credentials from the environment:
+# [[mirror]]
+# name = "registry.example.com"
+# upstream = "https://registry.example.com"
+# username = "robot"
+# password_env = "EXAMPLE_REGISTRY_PASSWORD"
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +365,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits.max_manifest_size must be positive".into(),
             ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.mirror {
+            m.validate()?;
+            for n in std::iter::once(&m.name).chain(&m.aliases) {
+                if !seen.insert(n.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "mirror name or alias {n:?} is used twice"
+                    )));
+                }
+            }
         }
         Ok(())
     }

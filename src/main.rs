@@ -29,6 +29,11 @@ struct ServeArgs {
     /// Data directory (replaces storage.data_dir).
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Add a pull-through mirror, NAME=URL (repeatable), e.g. docker.io=https://registry-1.docker.io or
+    /// local=http://127.0.0.1:5001. NAME is the path prefix and the ns= host it answers to; it replaces a
+    /// configured mirror of the same name.
+    #[arg(long = "mirror", value_name = "NAME=URL")]
+    mirrors: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +65,11 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(d) = &args.data_dir {
         config.storage.data_dir = d.clone();
+    }
+    for flag in &args.mirrors {
+        let m = berth::config::Mirror::from_flag(flag)?;
+        config.mirror.retain(|existing| existing.name != m.name);
+        config.mirror.push(m);
     }
     config.validate()?;
     Ok(config)

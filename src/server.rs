@@ -96,7 +96,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let app = crate::http::router(registry.clone());
+    let mirrors = crate::mirror::Mirrors::new(&config.mirror, registry.clone())
+        .map_err(anyhow::Error::msg)?;
+    for m in &config.mirror {
+        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
+    }
+    let app = crate::http::router(crate::http::AppState {
+        registry: registry.clone(),
+        mirrors: Arc::new(mirrors),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for (addr, listener) in listeners {

@@ -22,6 +22,21 @@ pub enum Endpoint<'a> {
     Referrers { name: &'a str, digest: &'a str },
 }
 
+impl<'a> Endpoint<'a> {
+    /// The repository name the endpoint addresses, if any.
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags { name }
+            | Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::UploadStart { name }
+            | Endpoint::Upload { name, .. }
+            | Endpoint::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
 /// Parses the part of the path after `/v2/`. `None` for paths that are no endpoint.
 pub fn parse(rest: &str) -> Option<Endpoint<'_>> {
     if rest.is_empty() {

@@ -29,6 +29,9 @@ impl RegistryError {
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             Referenced(_) => ("DENIED", StatusCode::CONFLICT),
+            TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
+            Upstream(_) => ("UNKNOWN", StatusCode::BAD_GATEWAY),
+            UpstreamTimeout(_) => ("UNKNOWN", StatusCode::GATEWAY_TIMEOUT),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -57,6 +60,14 @@ impl IntoResponse for RegistryError {
             "errors": [{ "code": code, "message": self.to_string(), "detail": self.detail() }]
         });
         let mut resp = (status, axum::Json(body)).into_response();
+        if let RegistryError::TooManyRequests {
+            retry_after: Some(s),
+            ..
+        } = &self
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if let RegistryError::RangeNotSatisfiable { size } = self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {

@@ -15,15 +15,18 @@ use axum::routing::{any, get};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::meta::ManifestRecord;
 use crate::meta::Page;
+use crate::mirror::{Mirror, MirrorBlob, Mirrors};
 use crate::oci::{Algorithm, Digest, NameError, Reference, RepoName, media, name::Tag};
-use crate::registry::{ByteRange, Registry, RegistryError, UploadStatus};
+use crate::registry::{BlobDownload, ByteRange, Registry, RegistryError, UploadStatus};
 use crate::store::ByteStream;
 use endpoint::Endpoint;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -34,7 +37,14 @@ const OVERSIZE_DRAIN_LIMIT: u64 = 64 << 20;
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Builds the application router.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub mirrors: Arc<Mirrors>,
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
@@ -49,11 +59,12 @@ pub fn router(registry: Arc<Registry>) -> Router {
             },
         ))
         .layer(axum::middleware::from_fn(log_request))
-        .with_state(registry)
+        .with_state(state)
 }
 
-async fn readyz(State(reg): State<Arc<Registry>>) -> Response {
-    match reg
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state
+        .registry
         .catalog(&Page {
             n: Some(1),
             last: None,
@@ -121,20 +132,29 @@ fn unsupported(method: &Method) -> RegistryError {
     RegistryError::Unsupported(format!("method {method} is not supported on this endpoint"))
 }
 
-async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
-    match route(&reg, req).await {
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    match route(&state, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(reg: &Registry, req: Request) -> Result<Response> {
+async fn route(state: &AppState, req: Request) -> Result<Response> {
+    let reg = &*state.registry;
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/v2").unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     let Some(ep) = endpoint::parse(rest) else {
         return Ok(not_found_endpoint());
     };
+    if let Some(name) = ep.name() {
+        let q = query(&req);
+        if let Some((m, upstream_name)) = state.mirrors.route(name, param(&q, "ns")) {
+            let mut resp = route_mirror(state, &m, upstream_name, &ep, req).await?;
+            resp.headers_mut().insert(OCI_NAMESPACE, hv(&m.name));
+            return Ok(resp);
+        }
+    }
     let method = req.method().clone();
     match (ep, &method) {
         (Endpoint::Base, &Method::GET | &Method::HEAD) => {
@@ -369,32 +389,42 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
 }
 
 async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> Result<Response> {
-    let head = req.method() == Method::HEAD;
-    let mut r = if head {
+    if req.method() == Method::HEAD {
         let size = reg.blob_size(repo, d).await?;
-        let mut r = empty(StatusCode::OK);
+        return Ok(blob_response(d, Some(size), Body::empty(), StatusCode::OK));
+    }
+    let range = byte_range(req.headers());
+    let dl = reg.open_blob(repo, d, range).await?;
+    Ok(download_response(d, dl, range))
+}
+
+/// A blob (or a range of it) read from the store.
+fn download_response(d: &Digest, dl: BlobDownload, range: Option<ByteRange>) -> Response {
+    let (size, len) = (dl.size, dl.reader.len);
+    let mut r = blob_response(
+        d,
+        Some(len),
+        Body::from_stream(dl.reader.body),
+        StatusCode::OK,
+    );
+    if let Some(range) = range
+        && let Some((s, e)) = range.resolve(size)
+    {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         r.headers_mut()
-            .insert(header::CONTENT_LENGTH, hv(&size.to_string()));
-        r
-    } else {
-        let range = byte_range(req.headers());
-        let dl = reg.open_blob(repo, d, range).await?;
-        let len = dl.reader.len;
-        let mut r = Response::new(Body::from_stream(dl.reader.body));
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, hv(&len.to_string()));
-        if let Some(range) = range
-            && let Some((s, e)) = range.resolve(dl.size)
-        {
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                hv(&format!("bytes {s}-{e}/{}", dl.size)),
-            );
-        }
-        r
-    };
+            .insert(header::CONTENT_RANGE, hv(&format!("bytes {s}-{e}/{size}")));
+    }
+    r
+}
+
+/// Headers every blob response carries.
+fn blob_response(d: &Digest, len: Option<u64>, body: Body, status: StatusCode) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
     let h = r.headers_mut();
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -402,7 +432,7 @@ async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> 
     h.insert(DOCKER_CONTENT_DIGEST, hv(&d.to_string()));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, hv(&format!("\"{d}\"")));
-    Ok(r)
+    r
 }
 
 fn accept_values(h: &HeaderMap) -> Vec<&str> {
@@ -425,16 +455,93 @@ async fn get_manifest(
         let m = reg.get_manifest(repo, reference, &accept).await?;
         (m.record, Some(m.bytes))
     };
-    let mut r = match body {
-        Some(b) => Response::new(Body::from(b)),
-        None => Response::new(Body::empty()),
-    };
+    Ok(manifest_response(&record, body))
+}
+
+fn manifest_response(record: &ManifestRecord, body: Option<Bytes>) -> Response {
+    let mut r = Response::new(body.map_or_else(Body::empty, Body::from));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&record.media_type));
     h.insert(header::CONTENT_LENGTH, hv(&record.size.to_string()));
     h.insert(DOCKER_CONTENT_DIGEST, hv(&record.digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{}\"", record.digest)));
-    Ok(r)
+    r
+}
+
+/// A request for a mirrored repository: reads go through the mirror cache, writes are refused.
+async fn route_mirror(
+    state: &AppState,
+    m: &Arc<Mirror>,
+    upstream_name: &str,
+    ep: &Endpoint<'_>,
+    req: Request,
+) -> Result<Response> {
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let local = || -> Result<RepoName> {
+        Ok(RepoName::in_mirror(
+            &m.name,
+            &m.upstream_name(upstream_name)?,
+        ))
+    };
+    match (ep, &method) {
+        (Endpoint::Manifest { reference, .. }, &Method::GET | &Method::HEAD) => {
+            let reference: Reference = reference.parse().map_err(|e: NameError| match e {
+                NameError::Tag(t) => {
+                    RegistryError::ManifestUnknown(format!("{t} (not a valid tag)"))
+                }
+                e => e.into(),
+            })?;
+            let accept = accept_values(req.headers());
+            let found = state
+                .mirrors
+                .manifest(m, upstream_name, &reference, &accept)
+                .await?;
+            Ok(manifest_response(
+                &found.record,
+                (!head).then_some(found.bytes),
+            ))
+        }
+        (Endpoint::Blob { digest: d, .. }, &Method::GET | &Method::HEAD) => {
+            let d = digest(d)?;
+            let range = if head {
+                None
+            } else {
+                byte_range(req.headers())
+            };
+            Ok(
+                match state
+                    .mirrors
+                    .blob(m, upstream_name, &d, range, head)
+                    .await?
+                {
+                    MirrorBlob::Cached(dl) => download_response(&d, dl, range),
+                    MirrorBlob::Head { len } => {
+                        blob_response(&d, Some(len), Body::empty(), StatusCode::OK)
+                    }
+                    MirrorBlob::Streaming { len, body } => {
+                        blob_response(&d, len, Body::from_stream(body), StatusCode::OK)
+                    }
+                },
+            )
+        }
+        (Endpoint::Tags { .. }, &Method::GET) => {
+            tags(&state.registry, &local()?, &query(&req)).await
+        }
+        (Endpoint::Referrers { digest: d, .. }, &Method::GET) => {
+            let body = state
+                .registry
+                .referrers(&local()?, &digest(d)?, None)
+                .await?;
+            let mut resp = Response::new(Body::from(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media::OCI_INDEX),
+            );
+            Ok(resp)
+        }
+        _ => Err(m.read_only_error()),
+    }
 }
 
 async fn put_manifest(

@@ -186,6 +186,43 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<ManifestRecord>, MetaError>;
 
+    /// Mirrors: records a manifest fetched and verified from the upstream, and moves `tag` to it (its
+    /// `updated_at` becomes the time of this fetch). No reference checks: mirrors fetch children on demand.
+    async fn cache_manifest(
+        &self,
+        repo: &RepoName,
+        mirror: &str,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+    ) -> Result<(), MetaError>;
+
+    /// Mirrors: a cached tag with the time (unix seconds) it was last fetched or revalidated.
+    async fn cached_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ManifestRecord, i64)>, MetaError>;
+
+    /// Mirrors: marks a cached tag as just revalidated.
+    async fn touch_tag(&self, repo: &RepoName, tag: &Tag) -> Result<(), MetaError>;
+
+    /// Mirrors: records a blob fetched and verified from the upstream (bytes already published) and links it.
+    async fn cache_blob(
+        &self,
+        repo: &RepoName,
+        mirror: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError>;
+
+    /// Mirrors: size of a blob already cached in any repository of `mirror` (never private content, which a
+    /// mirror path must not expose).
+    async fn mirror_blob_size(
+        &self,
+        mirror: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError>;
+
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError>;
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError>;
     async fn delete_upload(&self, id: &str) -> Result<(), MetaError>;

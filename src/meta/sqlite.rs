@@ -189,6 +189,17 @@ fn ensure_repo(conn: &Connection, repo: &str) -> rusqlite::Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+fn ensure_mirror_repo(conn: &Connection, repo: &str, mirror: &str) -> rusqlite::Result<i64> {
+    if let Some(id) = repo_id(conn, repo)? {
+        return Ok(id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO repository (name, kind, mirror, created_at) VALUES (?1, 'mirror', ?2, ?3)",
+    )?
+    .execute(params![repo, mirror, now()])?;
+    Ok(conn.last_insert_rowid())
+}
+
 fn insert_blob(conn: &Connection, digest: &str, size: u64) -> rusqlite::Result<()> {
     let t = now();
     conn.prepare_cached("INSERT OR IGNORE INTO blob (digest, size, created_at, last_access) VALUES (?1, ?2, ?3, ?3)")?
@@ -580,6 +591,126 @@ impl MetadataStore for SqliteMetadataStore {
                 .query_map(params![repo, subject, at], manifest_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(to_record).collect()
+        })
+        .await
+    }
+
+    async fn cache_manifest(
+        &self,
+        repo: &RepoName,
+        mirror: &str,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+    ) -> Result<(), MetaError> {
+        let (repo, mirror, rec, tag) = (
+            repo.to_string(),
+            mirror.to_owned(),
+            record.clone(),
+            tag.map(|t| t.to_string()),
+        );
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
+            let digest = rec.digest.to_string();
+            let t = now();
+            insert_blob(&tx, &digest, rec.size)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO manifest (repo, digest, media_type, artifact_type, subject, size, annotations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id,
+                digest,
+                rec.media_type,
+                rec.artifact_type,
+                rec.subject.as_ref().map(|s| s.to_string()),
+                rec.size as i64,
+                rec.annotations,
+                t
+            ])?;
+            if let Some(tag) = tag {
+                tx.prepare_cached(
+                    "INSERT INTO tag (repo, name, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repo, name) DO UPDATE SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+                )?
+                .execute(params![id, tag, digest, t])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cached_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(ManifestRecord, i64)>, MetaError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {MANIFEST_COLUMNS}, t.updated_at FROM tag t JOIN repository r ON r.id = t.repo
+                 JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest WHERE r.name = ?1 AND t.name = ?2"
+            );
+            let row = conn
+                .prepare_cached(&sql)?
+                .query_row(params![repo, tag], |r| Ok((manifest_row(r)?, r.get::<_, i64>(6)?)))
+                .optional()?;
+            row.map(|(m, at)| Ok((to_record(m)?, at))).transpose()
+        })
+        .await
+    }
+
+    async fn touch_tag(&self, repo: &RepoName, tag: &Tag) -> Result<(), MetaError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE tag SET updated_at = ?3 WHERE repo = (SELECT id FROM repository WHERE name = ?1) AND name = ?2",
+            )?
+            .execute(params![repo, tag, now()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cache_blob(
+        &self,
+        repo: &RepoName,
+        mirror: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError> {
+        let (repo, mirror, digest) = (repo.to_string(), mirror.to_owned(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
+            insert_blob(&tx, &digest, size)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, digest, now()])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mirror_blob_size(
+        &self,
+        mirror: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError> {
+        let (mirror, digest) = (mirror.to_owned(), digest.to_string());
+        self.read(move |conn| {
+            let size: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT b.size FROM blob b WHERE b.digest = ?2 AND EXISTS (
+                         SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                         WHERE rb.digest = b.digest AND r.kind = 'mirror' AND r.mirror = ?1)",
+                )?
+                .query_row(params![mirror, digest], |r| r.get(0))
+                .optional()?;
+            Ok(size.map(|s| s as u64))
         })
         .await
     }

@@ -34,6 +34,12 @@ impl RepoName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The local name of a mirrored repository: the mirror's name (a host, possibly with a port, which the
+    /// name grammar would refuse) followed by the validated upstream name, e.g. `docker.io/library/alpine`.
+    pub fn in_mirror(mirror: &str, upstream: &RepoName) -> RepoName {
+        RepoName(format!("{mirror}/{upstream}"))
+    }
 }
 
 impl fmt::Display for RepoName {

@@ -46,6 +46,18 @@ pub enum RegistryError {
     /// Refused because the object is still referenced (removing it would break invariant 1).
     #[error("{0}")]
     Referenced(String),
+    /// The upstream of a mirror asks us to slow down (spec: 429 TOOMANYREQUESTS).
+    #[error("{message}")]
+    TooManyRequests {
+        retry_after: Option<u64>,
+        message: String,
+    },
+    /// A mirror's upstream failed and nothing cached can answer instead.
+    #[error("{0}")]
+    Upstream(String),
+    /// A mirror's upstream did not answer in time and nothing cached can answer instead.
+    #[error("{0}")]
+    UpstreamTimeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -79,6 +79,14 @@ impl Registry {
         }
     }
 
+    pub fn blob_store(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+
+    pub fn metadata_store(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
+    }
+
     pub fn max_manifest_size(&self) -> u64 {
         self.limits.max_manifest_size
     }

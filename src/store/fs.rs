@@ -204,6 +204,15 @@ impl BlobStore for FsBlobStore {
         )))
     }
 
+    async fn tail_upload(
+        &self,
+        id: &str,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, StoreError> {
+        let path = self.upload_path(id)?;
+        let file = tokio::fs::File::open(path).await.map_err(not_found_as)?;
+        Ok(Box::new(file))
+    }
+
     async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
         let src = self.upload_path(id)?;
         let dst = self.blob_path(digest);

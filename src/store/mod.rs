@@ -52,6 +52,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The bytes written so far, to rebuild a hash state after a restart.
     async fn read_upload(&self, id: &str) -> Result<ByteStream, StoreError>;
 
+    /// Reads an upload's bytes while they are being written: reads return 0 at the current end and more once more
+    /// is written. The reader stays valid after `publish_upload` (mirrors stream a download to every waiting
+    /// client this way).
+    async fn tail_upload(
+        &self,
+        id: &str,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, StoreError>;
+
     /// Makes the upload durable and atomically publishes it under `digest` (put-if-absent: an existing object with
     /// the same digest already holds the same bytes). The temporary object is gone afterwards.
     async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError>;

@@ -1,0 +1,454 @@
+//! Pull-through mirrors of upstream registries (design §3, invariants 4-5). Mirrored content lives in the same
+//! stores as private content, in repositories named `<mirror>/<upstream name>` of kind `mirror`; this module
+//! decides when to ask the upstream and what may be cached. It knows nothing of HTTP.
+
+mod fetch;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config;
+use crate::meta::{ManifestRecord, now};
+use crate::oci::{Digest, Reference, RepoName, manifest, name::Tag};
+use crate::registry::{BlobDownload, ByteRange, Registry, RegistryError, StoredManifest};
+use crate::store::ByteStream;
+use fetch::{Fetch, FetchState};
+use upstream::{MANIFEST_ACCEPT, Upstream, UpstreamError};
+
+/// One configured upstream.
+pub struct Mirror {
+    pub name: String,
+    pub upstream_url: String,
+    upstream: Upstream,
+    tag_ttl: std::time::Duration,
+    /// Docker Hub: one-component names mean `library/<name>`.
+    docker_hub: bool,
+    inflight: parking_lot::Mutex<HashMap<Digest, Arc<Fetch>>>,
+}
+
+/// Every configured mirror, by name and alias.
+pub struct Mirrors {
+    by_name: HashMap<String, Arc<Mirror>>,
+    registry: Arc<Registry>,
+}
+
+/// A blob for a mirror client: from the cache, or streaming from an upstream download.
+pub enum MirrorBlob {
+    Cached(BlobDownload),
+    /// A miss: the whole blob (Range is not honoured while it is being fetched), length when the upstream gave it.
+    Streaming {
+        len: Option<u64>,
+        body: ByteStream,
+    },
+    /// HEAD on a miss: what the upstream says.
+    Head {
+        len: u64,
+    },
+}
+
+impl Mirrors {
+    pub fn new(configs: &[config::Mirror], registry: Arc<Registry>) -> Result<Mirrors, String> {
+        let mut by_name = HashMap::new();
+        for c in configs {
+            let host = c
+                .upstream
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let m = Arc::new(Mirror {
+                name: c.name.clone(),
+                upstream_url: c.upstream.clone(),
+                upstream: Upstream::new(c)?,
+                tag_ttl: c.tag_ttl,
+                docker_hub: c.name == "docker.io"
+                    || matches!(
+                        host,
+                        "registry-1.docker.io" | "index.docker.io" | "docker.io"
+                    ),
+                inflight: Default::default(),
+            });
+            for n in std::iter::once(&c.name).chain(&c.aliases) {
+                by_name.insert(n.clone(), m.clone());
+            }
+        }
+        Ok(Mirrors { by_name, registry })
+    }
+
+    /// Resolves a request's repository to a mirror and the upstream-relative name (design §3): containerd's
+    /// `?ns=<host>` first, then the first path component as a mirror name or alias.
+    pub fn route<'a>(&self, name: &'a str, ns: Option<&str>) -> Option<(Arc<Mirror>, &'a str)> {
+        if let Some(m) = ns.and_then(|ns| self.by_name.get(ns)) {
+            return Some((m.clone(), name));
+        }
+        let (first, rest) = name.split_once('/')?;
+        self.by_name.get(first).map(|m| (m.clone(), rest))
+    }
+}
+
+impl Mirror {
+    /// Validates an upstream-relative name, applying Docker Hub's `library/` rule.
+    pub fn upstream_name(&self, raw: &str) -> Result<RepoName, RegistryError> {
+        let full = if self.docker_hub && !raw.contains('/') {
+            format!("library/{raw}")
+        } else {
+            raw.to_owned()
+        };
+        full.parse()
+            .map_err(|e: crate::oci::NameError| RegistryError::NameInvalid(e.to_string()))
+    }
+
+    fn local_repo(&self, upstream: &RepoName) -> RepoName {
+        RepoName::in_mirror(&self.name, upstream)
+    }
+
+    fn refused(&self) -> RegistryError {
+        RegistryError::Unsupported(format!(
+            "{} is a read-only mirror of {}; push to a private repository instead",
+            self.name, self.upstream_url
+        ))
+    }
+
+    /// The error a write to this mirror gets.
+    pub fn read_only_error(&self) -> RegistryError {
+        self.refused()
+    }
+}
+
+/// Maps an upstream failure to what the client sees; `missing` builds the "not found" error for the object kind.
+fn map_upstream(
+    e: UpstreamError,
+    what: String,
+    missing: impl FnOnce(String) -> RegistryError,
+) -> RegistryError {
+    match e {
+        UpstreamError::NotFound(_) | UpstreamError::Denied(_) => missing(format!("{what}: {e}")),
+        UpstreamError::TooManyRequests { retry_after } => RegistryError::TooManyRequests {
+            retry_after,
+            message: format!("{what}: {e}"),
+        },
+        UpstreamError::Timeout(_) => RegistryError::UpstreamTimeout(format!("{what}: {e}")),
+        other => RegistryError::Upstream(format!("{what}: {other}")),
+    }
+}
+
+impl Mirrors {
+    /// A manifest through the mirror: by digest, immutable once cached; by tag, fresh within `tag_ttl`, then
+    /// revalidated with a HEAD, re-fetched only when the digest moved, served stale if the upstream fails.
+    pub async fn manifest(
+        &self,
+        m: &Arc<Mirror>,
+        raw_name: &str,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<StoredManifest, RegistryError> {
+        let up = m.upstream_name(raw_name)?;
+        let repo = m.local_repo(&up);
+        let what = format!("{}/{up}:{reference}", m.name);
+        match reference {
+            Reference::Digest(d) => {
+                if let Ok(found) = self.registry.get_manifest(&repo, reference, accept).await {
+                    return Ok(found);
+                }
+                self.fetch_manifest(m, &up, &repo, d.to_string().as_str(), Some(d), None)
+                    .await
+                    .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
+                self.registry.get_manifest(&repo, reference, accept).await
+            }
+            Reference::Tag(tag) => {
+                let cached = self
+                    .registry
+                    .metadata_store()
+                    .cached_tag(&repo, tag)
+                    .await?;
+                if let Some((rec, fetched_at)) = &cached {
+                    if now() - fetched_at < m.tag_ttl.as_secs() as i64 {
+                        return self
+                            .registry
+                            .get_manifest(&repo, &Reference::Digest(rec.digest.clone()), accept)
+                            .await;
+                    }
+                    match self.revalidate(m, &up, &repo, tag, rec).await {
+                        Ok(digest) => {
+                            return self
+                                .registry
+                                .get_manifest(&repo, &Reference::Digest(digest), accept)
+                                .await;
+                        }
+                        Err(UpstreamError::NotFound(_)) => {
+                            // The upstream says the tag is gone: that is an answer, not an outage.
+                            self.registry
+                                .metadata_store()
+                                .delete_tag(&repo, tag)
+                                .await?;
+                            return Err(RegistryError::ManifestUnknown(what));
+                        }
+                        Err(e) => {
+                            tracing::warn!(mirror = %m.name, %repo, %tag, error = %e, "upstream failed; serving cached tag (stale-if-error)");
+                            return self
+                                .registry
+                                .get_manifest(&repo, &Reference::Digest(rec.digest.clone()), accept)
+                                .await;
+                        }
+                    }
+                }
+                let digest = self
+                    .fetch_manifest(m, &up, &repo, tag.as_str(), None, Some(tag))
+                    .await
+                    .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
+                self.registry
+                    .get_manifest(&repo, &Reference::Digest(digest), accept)
+                    .await
+            }
+        }
+    }
+
+    /// HEAD upstream for the tag's digest; unchanged → mark fresh; changed → fetch the new manifest (which moves
+    /// the tag only once verified). Returns the digest now cached for the tag.
+    async fn revalidate(
+        &self,
+        m: &Mirror,
+        up: &RepoName,
+        repo: &RepoName,
+        tag: &Tag,
+        cached: &ManifestRecord,
+    ) -> Result<Digest, UpstreamError> {
+        let resp = m
+            .upstream
+            .request(
+                reqwest::Method::HEAD,
+                up.as_str(),
+                &format!("manifests/{tag}"),
+                Some(MANIFEST_ACCEPT),
+                "manifest",
+            )
+            .await?;
+        let upstream_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        if upstream_digest.as_ref() == Some(&cached.digest) {
+            self.registry
+                .metadata_store()
+                .touch_tag(repo, tag)
+                .await
+                .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
+            return Ok(cached.digest.clone());
+        }
+        self.fetch_manifest(
+            m,
+            up,
+            repo,
+            tag.as_str(),
+            upstream_digest.as_ref(),
+            Some(tag),
+        )
+        .await
+    }
+
+    /// GETs a manifest, verifies its bytes against the expected digest (or the upstream's `Docker-Content-Digest`),
+    /// stores them verbatim and records them, moving `tag` if given. Returns the digest.
+    async fn fetch_manifest(
+        &self,
+        m: &Mirror,
+        up: &RepoName,
+        repo: &RepoName,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Result<Digest, UpstreamError> {
+        let resp = m
+            .upstream
+            .request(
+                reqwest::Method::GET,
+                up.as_str(),
+                &format!("manifests/{reference}"),
+                Some(MANIFEST_ACCEPT),
+                "manifest",
+            )
+            .await?;
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes: Bytes = m
+            .upstream
+            .read_small(resp, self.registry.max_manifest_size())
+            .await?;
+        let digest = match expected.or(header_digest.as_ref()) {
+            Some(d) => d.clone(),
+            None => Digest::of(crate::oci::Algorithm::Sha256, &bytes),
+        };
+        let actual = Digest::of(digest.algorithm(), &bytes);
+        if actual != digest {
+            return Err(UpstreamError::BadResponse(format!(
+                "manifest hashes to {actual}, not {digest}"
+            )));
+        }
+        let parsed = manifest::parse(&bytes, content_type.as_deref())
+            .map_err(|e| UpstreamError::BadResponse(format!("manifest: {e}")))?;
+        let record = ManifestRecord {
+            digest: digest.clone(),
+            media_type: parsed.media_type.clone(),
+            artifact_type: parsed.artifact_type.clone(),
+            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+            size: bytes.len() as u64,
+            annotations: parsed
+                .annotations
+                .as_ref()
+                .and_then(|a| serde_json::to_string(a).ok()),
+        };
+        let io = |e: String| UpstreamError::BadResponse(format!("cannot write cache: {e}"));
+        self.registry
+            .blob_store()
+            .put_bytes(&digest, bytes)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        self.registry
+            .metadata_store()
+            .cache_manifest(repo, &m.name, &record, tag)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        Ok(digest)
+    }
+
+    /// A blob through the mirror: cached → served (with Range); miss → joins or starts the one upstream download
+    /// for this digest and streams it. HEAD on a miss asks the upstream without downloading.
+    pub async fn blob(
+        &self,
+        m: &Arc<Mirror>,
+        raw_name: &str,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<MirrorBlob, RegistryError> {
+        let up = m.upstream_name(raw_name)?;
+        let repo = m.local_repo(&up);
+        let meta = self.registry.metadata_store();
+        if meta.repo_blob(&repo, digest).await?.is_none()
+            && let Some(size) = meta.mirror_blob_size(&m.name, digest).await?
+        {
+            // Cached for another repository of this mirror: link it here too.
+            meta.cache_blob(&repo, &m.name, digest, size).await?;
+        }
+        if meta.repo_blob(&repo, digest).await?.is_some() {
+            if head {
+                let len = self.registry.blob_size(&repo, digest).await?;
+                return Ok(MirrorBlob::Head { len });
+            }
+            return Ok(MirrorBlob::Cached(
+                self.registry.open_blob(&repo, digest, range).await?,
+            ));
+        }
+        let what = format!("{}/{up}@{digest}", m.name);
+        if head {
+            let resp = m
+                .upstream
+                .request(
+                    reqwest::Method::HEAD,
+                    up.as_str(),
+                    &format!("blobs/{digest}"),
+                    None,
+                    "blob",
+                )
+                .await
+                .map_err(|e| {
+                    map_upstream(e, what.clone(), |_| {
+                        RegistryError::BlobUnknown(digest.clone())
+                    })
+                })?;
+            let len = resp.content_length().ok_or_else(|| {
+                RegistryError::Upstream(format!("{what}: upstream HEAD without Content-Length"))
+            })?;
+            return Ok(MirrorBlob::Head { len });
+        }
+        let fetch = self.join_or_start(m, &up, &repo, digest);
+        let mut state = fetch.state.clone();
+        loop {
+            let st = state.borrow_and_update().clone();
+            match st {
+                FetchState::Connecting => {
+                    if state.changed().await.is_err()
+                        && matches!(*state.borrow(), FetchState::Connecting)
+                    {
+                        return Err(RegistryError::Upstream(format!("{what}: fetch abandoned")));
+                    }
+                }
+                FetchState::Failed(e) => {
+                    return Err(map_upstream(e, what, |_| {
+                        RegistryError::BlobUnknown(digest.clone())
+                    }));
+                }
+                FetchState::Done { len } => {
+                    // The download linked the repository that started it; this one may be another.
+                    meta.cache_blob(&repo, &m.name, digest, len).await?;
+                    return Ok(MirrorBlob::Cached(
+                        self.registry.open_blob(&repo, digest, range).await?,
+                    ));
+                }
+                FetchState::Streaming { len, .. } => {
+                    let reader = match self
+                        .registry
+                        .blob_store()
+                        .tail_upload(&fetch.upload_id)
+                        .await
+                    {
+                        Ok(r) => r,
+                        // Published between our look at the state and the open: the state turns Done next.
+                        Err(_) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            continue;
+                        }
+                    };
+                    return Ok(MirrorBlob::Streaming {
+                        len,
+                        body: fetch::tail(reader, fetch.state.clone()),
+                    });
+                }
+            }
+        }
+    }
+
+    fn join_or_start(
+        &self,
+        m: &Arc<Mirror>,
+        up: &RepoName,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Arc<Fetch> {
+        let mut inflight = m.inflight.lock();
+        if let Some(f) = inflight.get(digest) {
+            return f.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(FetchState::Connecting);
+        let f = Arc::new(Fetch {
+            upload_id: uuid::Uuid::new_v4().simple().to_string(),
+            state: rx,
+        });
+        inflight.insert(digest.clone(), f.clone());
+        drop(inflight);
+        let download = fetch::Download {
+            mirror: m.clone(),
+            blobs: self.registry.blob_store().clone(),
+            meta: self.registry.metadata_store().clone(),
+            repo: repo.clone(),
+            upstream_name: up.clone(),
+            digest: digest.clone(),
+            upload_id: f.upload_id.clone(),
+        };
+        tokio::spawn(download.run(tx));
+        f
+    }
+}
