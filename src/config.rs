@@ -155,9 +155,22 @@ impl Default for Config {
 pub struct Server {
     /// Addresses to listen on. An IPv6 listener is IPv6-only, so `0.0.0.0:P` and `[::]:P` coexist.
     pub listen: Vec<String>,
+    /// Extra listeners where one mirror answers at the registry root (`/v2/library/alpine/…`), as Docker's
+    /// `registry-mirrors` expects: `[[server.mirror_listener]] listen = "0.0.0.0:5001"`, `mirror = "docker.io"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirror_listener: Vec<MirrorListener>,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+/// A listener whose unprefixed repositories belong to one mirror (design §3, `default_mirror`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorListener {
+    pub listen: String,
+    /// Name of a configured mirror.
+    pub mirror: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -200,6 +213,7 @@ impl Default for Server {
     fn default() -> Self {
         Server {
             listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()],
+            mirror_listener: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -241,6 +255,11 @@ pub const DEFAULT_TOML: &str = r#"# berth configuration. Every key is optional; 
 listen = ["0.0.0.0:5000", "[::]:5000"]
 # After SIGTERM/SIGINT, in-flight requests get this long to finish.
 shutdown_timeout = "30s"
+# Extra listeners where one mirror answers at the registry root, for Docker's "registry-mirrors"
+# (Docker only mirrors Docker Hub, and only at the root). For example:
+# [[server.mirror_listener]]
+# listen = "0.0.0.0:5001"
+# mirror = "docker.io"
 
 [storage]
 # Blobs (blobs/, uploads/, tmp/) and the SQLite metadata database (berth.db) live here.
@@ -356,10 +375,27 @@ impl Config {
                 "server.listen must name at least one address".into(),
             ));
         }
-        for l in &self.server.listen {
+        let listens = self
+            .server
+            .listen
+            .iter()
+            .chain(self.server.mirror_listener.iter().map(|l| &l.listen));
+        for l in listens {
             l.parse::<std::net::SocketAddr>().map_err(|e| {
                 ConfigError::Invalid(format!("server.listen: {l:?} is not an address:port ({e})"))
             })?;
+        }
+        for l in &self.server.mirror_listener {
+            if !self
+                .mirror
+                .iter()
+                .any(|m| m.name == l.mirror || m.aliases.contains(&l.mirror))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "server.mirror_listener {}: no mirror named {:?}",
+                    l.listen, l.mirror
+                )));
+            }
         }
         if self.limits.max_manifest_size.as_u64() == 0 {
             return Err(ConfigError::Invalid(

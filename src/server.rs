@@ -81,13 +81,47 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("start-up housekeeping failed")?;
 
+    let mirrors = Arc::new(
+        crate::mirror::Mirrors::new(&config.mirror, registry.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
+    for m in &config.mirror {
+        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
+    }
+    let state = crate::http::AppState {
+        registry: registry.clone(),
+        mirrors: mirrors.clone(),
+        default_mirror: None,
+    };
+    let mut plan: Vec<(&str, crate::http::AppState)> = config
+        .server
+        .listen
+        .iter()
+        .map(|l| (l.as_str(), state.clone()))
+        .collect();
+    for l in &config.server.mirror_listener {
+        let m = mirrors.get(&l.mirror).with_context(|| {
+            format!(
+                "mirror listener {}: no mirror named {:?}",
+                l.listen, l.mirror
+            )
+        })?;
+        plan.push((
+            l.listen.as_str(),
+            crate::http::AppState {
+                default_mirror: Some(m),
+                ..state.clone()
+            },
+        ));
+    }
+
     let mut listeners = Vec::new();
-    for l in &config.server.listen {
+    for (l, state) in plan {
         let addr: SocketAddr = l
             .parse()
             .with_context(|| format!("invalid listen address {l:?}"))?;
         match bind(addr) {
-            Ok(listener) => listeners.push((addr, listener)),
+            Ok(listener) => listeners.push((addr, listener, crate::http::router(state))),
             // A host without IPv6 still serves on IPv4 with the default config.
             Err(e) if addr.is_ipv6() && config.server.listen.len() > 1 => {
                 tracing::warn!(%addr, error = %e, "cannot listen on IPv6 address; continuing without it")
@@ -96,20 +130,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let mirrors = crate::mirror::Mirrors::new(&config.mirror, registry.clone())
-        .map_err(anyhow::Error::msg)?;
-    for m in &config.mirror {
-        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
-    }
-    let app = crate::http::router(crate::http::AppState {
-        registry: registry.clone(),
-        mirrors: Arc::new(mirrors),
-    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for (addr, listener) in listeners {
+    for (addr, listener, app) in listeners {
         tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "berth listening");
-        let app = app.clone();
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             axum::serve(listener, app)

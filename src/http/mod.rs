@@ -42,6 +42,8 @@ type Result<T, E = RegistryError> = std::result::Result<T, E>;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub mirrors: Arc<Mirrors>,
+    /// On a mirror listener: the mirror that owns every repository not otherwise routed.
+    pub default_mirror: Option<Arc<Mirror>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -149,7 +151,11 @@ async fn route(state: &AppState, req: Request) -> Result<Response> {
     };
     if let Some(name) = ep.name() {
         let q = query(&req);
-        if let Some((m, upstream_name)) = state.mirrors.route(name, param(&q, "ns")) {
+        let routed = state
+            .mirrors
+            .route(name, param(&q, "ns"))
+            .or_else(|| state.default_mirror.clone().map(|m| (m, name)));
+        if let Some((m, upstream_name)) = routed {
             let mut resp = route_mirror(state, &m, upstream_name, &ep, req).await?;
             resp.headers_mut().insert(OCI_NAMESPACE, hv(&m.name));
             return Ok(resp);

@@ -80,6 +80,11 @@ impl Mirrors {
         Ok(Mirrors { by_name, registry })
     }
 
+    /// A mirror by name or alias.
+    pub fn get(&self, name: &str) -> Option<Arc<Mirror>> {
+        self.by_name.get(name).cloned()
+    }
+
     /// Resolves a request's repository to a mirror and the upstream-relative name (design §3): containerd's
     /// `?ns=<host>` first, then the first path component as a mirror name or alias.
     pub fn route<'a>(&self, name: &'a str, ns: Option<&str>) -> Option<(Arc<Mirror>, &'a str)> {
