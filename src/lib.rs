@@ -3,6 +3,7 @@
 pub mod config;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod registry;

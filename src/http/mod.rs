@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .layer(axum::middleware::map_response(
             |mut resp: Response| async move {
                 resp.headers_mut()
@@ -78,18 +79,61 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// One log line per request: method, path, status, duration.
+async fn metrics_text() -> Response {
+    let mut r = Response::new(Body::from(crate::metrics::metrics().encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// The endpoint template of a path, for metric labels (raw paths would explode cardinality).
+fn route_label(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return match path {
+            "/healthz" => "healthz",
+            "/readyz" => "readyz",
+            "/metrics" => "metrics",
+            _ => "other",
+        };
+    };
+    match endpoint::parse(rest.strip_prefix('/').unwrap_or(rest)) {
+        Some(Endpoint::Base) => "base",
+        Some(Endpoint::Catalog) => "catalog",
+        Some(Endpoint::Tags { .. }) => "tags",
+        Some(Endpoint::Manifest { .. }) => "manifest",
+        Some(Endpoint::Blob { .. }) => "blob",
+        Some(Endpoint::UploadStart { .. }) => "upload_start",
+        Some(Endpoint::Upload { .. }) => "upload",
+        Some(Endpoint::Referrers { .. }) => "referrers",
+        None => "other",
+    }
+}
+
+/// One log line and one metric observation per request: method, path, status, duration.
 async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let labels = crate::metrics::HttpLabels {
+        route: route_label(&path),
+        method: method.as_str().to_owned(),
+        status: resp.status().as_u16(),
+    };
+    let m = crate::metrics::metrics();
+    m.http_requests.get_or_create(&labels).inc();
+    m.http_duration
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "berth::access",
         %method,
         path,
         status = resp.status().as_u16(),
-        ms = start.elapsed().as_secs_f64() * 1000.0,
+        ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     resp

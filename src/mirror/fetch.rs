@@ -66,6 +66,12 @@ impl Download {
         match self.download(&tx).await {
             Ok(len) => {
                 tracing::info!(mirror = %mirror.name, %digest, len, "cached blob from upstream");
+                crate::metrics::metrics()
+                    .mirror_upstream_bytes
+                    .get_or_create(&crate::metrics::MirrorName {
+                        mirror: mirror.name.clone(),
+                    })
+                    .inc_by(len);
                 let _ = tx.send(FetchState::Done { len });
             }
             Err(e) => {

@@ -154,63 +154,67 @@ impl Mirrors {
     ) -> Result<StoredManifest, RegistryError> {
         let up = m.upstream_name(raw_name)?;
         let repo = m.local_repo(&up);
-        let what = format!("{}/{up}:{reference}", m.name);
-        match reference {
-            Reference::Digest(d) => {
-                if let Ok(found) = self.registry.get_manifest(&repo, reference, accept).await {
-                    return Ok(found);
-                }
-                self.fetch_manifest(m, &up, &repo, d.to_string().as_str(), Some(d), None)
-                    .await
-                    .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
-                self.registry.get_manifest(&repo, reference, accept).await
-            }
-            Reference::Tag(tag) => {
-                let cached = self
-                    .registry
-                    .metadata_store()
-                    .cached_tag(&repo, tag)
-                    .await?;
-                if let Some((rec, fetched_at)) = &cached {
-                    if now() - fetched_at < m.tag_ttl.as_secs() as i64 {
-                        return self
-                            .registry
-                            .get_manifest(&repo, &Reference::Digest(rec.digest.clone()), accept)
-                            .await;
-                    }
-                    match self.revalidate(m, &up, &repo, tag, rec).await {
-                        Ok(digest) => {
-                            return self
-                                .registry
-                                .get_manifest(&repo, &Reference::Digest(digest), accept)
-                                .await;
-                        }
-                        Err(UpstreamError::NotFound(_)) => {
-                            // The upstream says the tag is gone: that is an answer, not an outage.
-                            self.registry
-                                .metadata_store()
-                                .delete_tag(&repo, tag)
-                                .await?;
-                            return Err(RegistryError::ManifestUnknown(what));
-                        }
-                        Err(e) => {
-                            tracing::warn!(mirror = %m.name, %repo, %tag, error = %e, "upstream failed; serving cached tag (stale-if-error)");
-                            return self
-                                .registry
-                                .get_manifest(&repo, &Reference::Digest(rec.digest.clone()), accept)
-                                .await;
-                        }
-                    }
-                }
-                let digest = self
-                    .fetch_manifest(m, &up, &repo, tag.as_str(), None, Some(tag))
-                    .await
-                    .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
+        let metrics = crate::metrics::metrics();
+        match self.resolve_manifest(m, &up, &repo, reference).await {
+            Ok((digest, result)) => {
+                metrics.mirror(&m.name, "manifest", result);
                 self.registry
                     .get_manifest(&repo, &Reference::Digest(digest), accept)
                     .await
             }
+            Err(e) => {
+                metrics.mirror(&m.name, "manifest", "error");
+                Err(e)
+            }
         }
+    }
+
+    /// Makes sure the manifest `reference` names is cached and current; returns its digest and how it was found
+    /// (`hit`, `revalidated`, `miss`, `stale`).
+    async fn resolve_manifest(
+        &self,
+        m: &Mirror,
+        up: &RepoName,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, &'static str), RegistryError> {
+        let what = format!("{}/{up}:{reference}", m.name);
+        let meta = self.registry.metadata_store();
+        let tag = match reference {
+            Reference::Digest(d) => {
+                if meta.manifest(repo, d).await?.is_some() {
+                    return Ok((d.clone(), "hit"));
+                }
+                self.fetch_manifest(m, up, repo, &d.to_string(), Some(d), None)
+                    .await
+                    .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
+                return Ok((d.clone(), "miss"));
+            }
+            Reference::Tag(tag) => tag,
+        };
+        if let Some((rec, fetched_at)) = meta.cached_tag(repo, tag).await? {
+            if now() - fetched_at < m.tag_ttl.as_secs() as i64 {
+                return Ok((rec.digest, "hit"));
+            }
+            return match self.revalidate(m, up, repo, tag, &rec).await {
+                Ok(d) if d == rec.digest => Ok((d, "revalidated")),
+                Ok(d) => Ok((d, "miss")),
+                Err(UpstreamError::NotFound(_)) => {
+                    // The upstream says the tag is gone: that is an answer, not an outage.
+                    meta.delete_tag(repo, tag).await?;
+                    Err(RegistryError::ManifestUnknown(what))
+                }
+                Err(e) => {
+                    tracing::warn!(mirror = %m.name, %repo, %tag, error = %e, "upstream failed; serving cached tag (stale-if-error)");
+                    Ok((rec.digest, "stale"))
+                }
+            };
+        }
+        let d = self
+            .fetch_manifest(m, up, repo, tag.as_str(), None, Some(tag))
+            .await
+            .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
+        Ok((d, "miss"))
     }
 
     /// HEAD upstream for the tag's digest; unchanged → mark fresh; changed → fetch the new manifest (which moves
@@ -339,25 +343,43 @@ impl Mirrors {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<MirrorBlob, RegistryError> {
+        let result = self.blob_inner(m, raw_name, digest, range, head).await;
+        let label = match &result {
+            Ok((_, label)) => label,
+            Err(_) => "error",
+        };
+        crate::metrics::metrics().mirror(&m.name, "blob", label);
+        result.map(|(b, _)| b)
+    }
+
+    async fn blob_inner(
+        &self,
+        m: &Arc<Mirror>,
+        raw_name: &str,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<(MirrorBlob, &'static str), RegistryError> {
         let up = m.upstream_name(raw_name)?;
         let repo = m.local_repo(&up);
         let meta = self.registry.metadata_store();
-        if meta.repo_blob(&repo, digest).await?.is_none()
+        let mut cached = meta.repo_blob(&repo, digest).await?;
+        if cached.is_none()
             && let Some(size) = meta.mirror_blob_size(&m.name, digest).await?
         {
             // Cached for another repository of this mirror: link it here too.
             meta.cache_blob(&repo, &m.name, digest, size).await?;
+            cached = Some(size);
         }
-        if meta.repo_blob(&repo, digest).await?.is_some() {
+        if let Some(len) = cached {
             if head {
-                let len = self.registry.blob_size(&repo, digest).await?;
-                return Ok(MirrorBlob::Head { len });
+                return Ok((MirrorBlob::Head { len }, "hit"));
             }
-            return Ok(MirrorBlob::Cached(
-                self.registry.open_blob(&repo, digest, range).await?,
-            ));
+            let dl = self.registry.open_blob(&repo, digest, range).await?;
+            return Ok((MirrorBlob::Cached(dl), "hit"));
         }
         let what = format!("{}/{up}@{digest}", m.name);
+        let missing = |_| RegistryError::BlobUnknown(digest.clone());
         if head {
             let resp = m
                 .upstream
@@ -369,17 +391,14 @@ impl Mirrors {
                     "blob",
                 )
                 .await
-                .map_err(|e| {
-                    map_upstream(e, what.clone(), |_| {
-                        RegistryError::BlobUnknown(digest.clone())
-                    })
-                })?;
+                .map_err(|e| map_upstream(e, what.clone(), missing))?;
             let len = resp.content_length().ok_or_else(|| {
                 RegistryError::Upstream(format!("{what}: upstream HEAD without Content-Length"))
             })?;
-            return Ok(MirrorBlob::Head { len });
+            return Ok((MirrorBlob::Head { len }, "miss"));
         }
-        let fetch = self.join_or_start(m, &up, &repo, digest);
+        let (fetch, started) = self.join_or_start(m, &up, &repo, digest);
+        let label = if started { "miss" } else { "joined" };
         let mut state = fetch.state.clone();
         loop {
             let st = state.borrow_and_update().clone();
@@ -391,51 +410,43 @@ impl Mirrors {
                         return Err(RegistryError::Upstream(format!("{what}: fetch abandoned")));
                     }
                 }
-                FetchState::Failed(e) => {
-                    return Err(map_upstream(e, what, |_| {
-                        RegistryError::BlobUnknown(digest.clone())
-                    }));
-                }
+                FetchState::Failed(e) => return Err(map_upstream(e, what, missing)),
                 FetchState::Done { len } => {
                     // The download linked the repository that started it; this one may be another.
                     meta.cache_blob(&repo, &m.name, digest, len).await?;
-                    return Ok(MirrorBlob::Cached(
-                        self.registry.open_blob(&repo, digest, range).await?,
-                    ));
+                    let dl = self.registry.open_blob(&repo, digest, range).await?;
+                    return Ok((MirrorBlob::Cached(dl), label));
                 }
                 FetchState::Streaming { len, .. } => {
-                    let reader = match self
+                    match self
                         .registry
                         .blob_store()
                         .tail_upload(&fetch.upload_id)
                         .await
                     {
-                        Ok(r) => r,
-                        // Published between our look at the state and the open: the state turns Done next.
-                        Err(_) => {
-                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                            continue;
+                        Ok(reader) => {
+                            let body = fetch::tail(reader, fetch.state.clone());
+                            return Ok((MirrorBlob::Streaming { len, body }, label));
                         }
-                    };
-                    return Ok(MirrorBlob::Streaming {
-                        len,
-                        body: fetch::tail(reader, fetch.state.clone()),
-                    });
+                        // Published between our look at the state and the open: the state turns Done next.
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                    }
                 }
             }
         }
     }
 
+    /// The download in flight for `digest`, or a new one; `true` when this call started it.
     fn join_or_start(
         &self,
         m: &Arc<Mirror>,
         up: &RepoName,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Arc<Fetch> {
+    ) -> (Arc<Fetch>, bool) {
         let mut inflight = m.inflight.lock();
         if let Some(f) = inflight.get(digest) {
-            return f.clone();
+            return (f.clone(), false);
         }
         let (tx, rx) = tokio::sync::watch::channel(FetchState::Connecting);
         let f = Arc::new(Fetch {
@@ -453,7 +464,13 @@ impl Mirrors {
             digest: digest.clone(),
             upload_id: f.upload_id.clone(),
         };
+        crate::metrics::metrics()
+            .mirror_upstream_fetches
+            .get_or_create(&crate::metrics::MirrorName {
+                mirror: m.name.clone(),
+            })
+            .inc();
         tokio::spawn(download.run(tx));
-        f
+        (f, true)
     }
 }
