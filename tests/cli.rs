@@ -30,7 +30,11 @@ fn config_default_is_a_valid_config_with_every_key_commented() {
     }
     // Every key is explained: by the comment line just above it, or by name in the comments of its section.
     let lines: Vec<&str> = text.lines().collect();
-    let comments: String = lines.iter().filter(|l| l.starts_with('#')).copied().collect();
+    let comments: String = lines
+        .iter()
+        .filter(|l| l.starts_with('#'))
+        .copied()
+        .collect();
     for (i, l) in lines.iter().enumerate() {
         if let Some((key, _)) = l.split_once(" = ")
             && !l.starts_with('#')

@@ -255,7 +255,8 @@ impl Mirrors {
             up,
             repo,
             tag.as_str(),
-            upstream_digest.as_ref(),
+            // The tag may move again between the HEAD and the GET: verify against what the GET says.
+            None,
             Some(tag),
         )
         .await
