@@ -103,7 +103,7 @@ impl Download {
                 "blob",
             )
             .await?;
-        let len = resp.content_length();
+        let len = super::upstream::Upstream::announced_length(&resp);
         let io = |e: crate::store::StoreError| {
             UpstreamError::BadResponse(format!("cannot write cache: {e}"))
         };

@@ -393,7 +393,7 @@ impl Mirrors {
                 )
                 .await
                 .map_err(|e| map_upstream(e, what.clone(), missing))?;
-            let len = resp.content_length().ok_or_else(|| {
+            let len = Upstream::announced_length(&resp).ok_or_else(|| {
                 RegistryError::Upstream(format!("{what}: upstream HEAD without Content-Length"))
             })?;
             return Ok((MirrorBlob::Head { len }, "miss"));

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,6 +53,8 @@ pub struct Upstream {
     response_timeout: Duration,
     pub idle_timeout: Duration,
     tokens: parking_lot::Mutex<HashMap<String, CachedToken>>,
+    /// Set once the upstream answered with a Basic challenge: from then on credentials are sent up front.
+    basic_requested: AtomicBool,
     /// One token request per scope at a time; the others wait and reuse its result.
     token_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -104,8 +107,17 @@ impl Upstream {
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
             tokens: Default::default(),
+            basic_requested: AtomicBool::new(false),
             token_locks: Default::default(),
         })
+    }
+
+    /// Drops a cached token, unless another request already replaced it.
+    fn forget_token(&self, scope: &str, used: &str) {
+        let mut tokens = self.tokens.lock();
+        if tokens.get(scope).is_some_and(|t| t.value == used) {
+            tokens.remove(scope);
+        }
     }
 
     fn token_for(&self, scope: &str) -> Option<String> {
@@ -228,10 +240,15 @@ impl Upstream {
             if attempt > 0 {
                 tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
             }
-            let auth = match (self.token_for(&scope), &self.credentials) {
+            // Credentials go to the registry itself only once it asked for Basic auth; with the token flow they
+            // go to the token realm alone.
+            let token = self.token_for(&scope);
+            let auth = match (&token, &self.credentials) {
                 (Some(t), _) => Some(format!("Bearer {t}")),
-                (None, Some((u, p))) => Some(basic(u, p)),
-                (None, None) => None,
+                (None, Some((u, p))) if self.basic_requested.load(Ordering::Relaxed) => {
+                    Some(basic(u, p))
+                }
+                _ => None,
             };
             let mut resp = match self.send_once(&method, &url, accept, auth.as_deref()).await {
                 Ok(r) => r,
@@ -241,17 +258,33 @@ impl Upstream {
                 }
                 Err(e) => return Err(e),
             };
-            if resp.status() == StatusCode::UNAUTHORIZED
-                && let Some(challenge) = resp
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                let challenge = resp
                     .headers()
                     .get(WWW_AUTHENTICATE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_bearer)
-            {
-                let token = self.fetch_token(&challenge, &scope).await?;
-                resp = self
-                    .send_once(&method, &url, accept, Some(&format!("Bearer {token}")))
-                    .await?;
+                    .unwrap_or("");
+                if let Some(bearer) = parse_bearer(challenge) {
+                    // A token we just used was refused (revoked, key rotated): never hand it out again.
+                    if let Some(t) = &token {
+                        self.forget_token(&scope, t);
+                    }
+                    let token = self.fetch_token(&bearer, &scope).await?;
+                    resp = self
+                        .send_once(&method, &url, accept, Some(&format!("Bearer {token}")))
+                        .await?;
+                } else if challenge
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("basic")
+                    && let Some((u, p)) = &self.credentials
+                    && auth.is_none()
+                {
+                    self.basic_requested.store(true, Ordering::Relaxed);
+                    resp = self
+                        .send_once(&method, &url, accept, Some(&basic(u, p)))
+                        .await?;
+                }
             }
             let status = resp.status();
             if status.is_success() {
@@ -272,6 +305,18 @@ impl Upstream {
             }
         }
         Err(last)
+    }
+
+    /// The `Content-Length` an upstream announced. Read from the header itself: for HEAD responses the client
+    /// library reports the (empty) body's length instead.
+    pub fn announced_length(resp: &reqwest::Response) -> Option<u64> {
+        resp.headers()
+            .get(reqwest::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Reads a small body whole (manifests), each piece within the idle timeout, refusing more than `limit` bytes.
