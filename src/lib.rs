@@ -6,6 +6,7 @@ pub mod meta;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -45,6 +45,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Mirror helpers.
+    Mirror {
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorCommand {
+    /// Warm mirror caches: pull images through a running berth, e.g. `docker.io/library/alpine:3.20`.
+    Prefetch {
+        /// The berth to pull through.
+        #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:5000")]
+        server: String,
+        /// Only these platforms of multi-platform images, e.g. linux/amd64 (repeatable; default: all).
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// No per-blob progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Images as MIRROR/REPOSITORY[:TAG|@DIGEST].
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +105,25 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn prefetch(
+    server: &str,
+    images: &[String],
+    platforms: &[String],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = runtime.block_on(berth::prefetch::prefetch(server, images, platforms, quiet))?;
+    eprintln!(
+        "prefetched {} manifests and {} blobs ({:.1} MB)",
+        s.manifests,
+        s.blobs,
+        s.bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
@@ -113,6 +156,15 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check_config(&config),
+        Command::Mirror {
+            command:
+                MirrorCommand::Prefetch {
+                    server,
+                    platforms,
+                    quiet,
+                    images,
+                },
+        } => prefetch(&server, &images, &platforms, quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
