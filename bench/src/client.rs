@@ -104,6 +104,11 @@ impl Endpoint {
         format!("http://{}", self.authority)
     }
 
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     /// Opens one keep-alive connection.
     pub async fn connect(&self) -> Result<Conn> {
         Ok(Conn {

@@ -7,6 +7,7 @@ mod ceilings;
 mod client;
 mod load;
 mod meter;
+mod mirror;
 mod registry;
 mod report;
 mod servers;
@@ -20,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::Endpoint;
 use crate::meter::{ProcMeter, Usage};
+use crate::mirror::MirrorEnv;
 use crate::report::{CaseResult, Report, TargetResults, fmt_num};
 use crate::servers::TempDir;
 use crate::workloads::{Params, Target, Workload};
@@ -52,7 +54,8 @@ struct Common {
     /// stdout, which moves the table to stderr).
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "berth-bench.json")]
     json: Option<PathBuf>,
-    /// Run only these workloads (comma-separated).
+    /// Run only these workloads (comma-separated). Default: all (`run`: all
+    /// but mirror, unless --mirror-proxy-port is given).
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
     /// Skip the machine ceilings (hash-on-receive, disk, nginx).
@@ -71,6 +74,18 @@ struct RunArgs {
     /// Directory on the registry's disk for the disk-write ceiling (default: temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Mirror workload: the bench starts an upstream registry with a counting
+    /// proxy on 127.0.0.1:PORT; the registry at --url must already mirror
+    /// http://127.0.0.1:PORT (e.g. `berth serve --mirror up=http://127.0.0.1:PORT`).
+    #[arg(long, value_name = "PORT")]
+    mirror_proxy_port: Option<u16>,
+    /// Mirror workload: repository prefix under which the registry serves the
+    /// upstream (`up` for `--mirror up=...`; `""` if it mirrors at the root).
+    #[arg(long, value_name = "PREFIX", default_value = "up")]
+    mirror_prefix: String,
+    /// CNCF distribution binary, started as the mirror workload's upstream.
+    #[arg(long, default_value = "/usr/bin/docker-registry")]
+    distribution: PathBuf,
     #[command(flatten)]
     common: Common,
 }
@@ -117,22 +132,62 @@ async fn run(cli: Cli) -> Result<()> {
             let scratch = TempDir::new("berth-bench")?;
             let endpoint = Endpoint::parse(&args.url)?;
             check_registry(&endpoint).await?;
+            let workloads = selected(&args.common, |w| {
+                w != Workload::Mirror || args.mirror_proxy_port.is_some()
+            });
+            // Declared before the target so the upstream outlives the run.
+            let mut mirror_env = None;
+            if workloads.contains(&Workload::Mirror) {
+                let port = args.mirror_proxy_port.context(
+                    "the mirror workload needs --mirror-proxy-port PORT, with the registry at --url \
+                     mirroring http://127.0.0.1:PORT",
+                )?;
+                eprintln!("starting the mirror upstream and the counting proxy on port {port}...");
+                let logs = scratch.subdir("logs")?;
+                mirror_env =
+                    Some(MirrorEnv::start(&args.distribution, &scratch, &logs, port).await?);
+            }
+            let meter = args.pid.map(ProcMeter::new);
             let target = Target {
                 name: "registry".into(),
                 version: None,
+                mirror: mirror_env
+                    .as_ref()
+                    .map(|env| env.target(endpoint.clone(), &args.mirror_prefix, meter)),
                 endpoint,
-                meter: args.pid.map(ProcMeter::new),
+                meter,
             };
             let data_dir = args
                 .data_dir
                 .unwrap_or_else(|| scratch.path().to_path_buf());
-            let report =
-                bench("run", &[target], &params, &args.common, &data_dir, &scratch).await?;
+            let report = bench(
+                "run",
+                &[target],
+                &params,
+                &args.common,
+                &workloads,
+                &data_dir,
+                &scratch,
+            )
+            .await;
+            if report
+                .as_ref()
+                .map_or(true, |r| r.targets.iter().any(|t| !t.errors.is_empty()))
+                && let Some(env) = &mirror_env
+            {
+                eprintln!(
+                    "--- last log lines of the upstream ---\n{}",
+                    env.upstream.log_tail()
+                );
+            }
+            drop(mirror_env);
+            let report = report?;
             emit(&report, args.common.json.as_deref())?;
             fail_on_errors(&report)
         }
         Command::Compare(args) => {
             let params = Params::new(args.common.quick, run_id);
+            let workloads = selected(&args.common, |_| true);
             // Declared first so it is dropped last, after the servers using it are dead.
             let scratch = TempDir::new("berth-bench")?;
             let berth_bin = args.berth.unwrap_or_else(default_berth_path);
@@ -147,13 +202,54 @@ async fn run(cli: Cli) -> Result<()> {
                 &logs,
             )
             .await?;
+            // The mirror set-up: an upstream distribution behind the counting
+            // proxy, berth mirroring it under `up/`, distribution proxying it at the root.
+            let mut mirror_env = None;
+            let mut mirrors = Vec::new();
+            if workloads.contains(&Workload::Mirror) {
+                eprintln!("starting the mirror upstream (distribution) and the counting proxy...");
+                let env = MirrorEnv::start(&args.distribution, &scratch, &logs, 0).await?;
+                let upstream = env.proxy.url();
+                eprintln!("starting berth --mirror up={upstream}...");
+                mirrors.push(
+                    servers::start_berth_mirror(
+                        &berth_bin,
+                        &scratch.subdir("berth-mirror-data")?,
+                        &logs,
+                        "up",
+                        &upstream,
+                    )
+                    .await?,
+                );
+                eprintln!("starting distribution in proxy mode (remoteurl {upstream})...");
+                mirrors.push(
+                    servers::start_distribution_with(
+                        &args.distribution,
+                        &scratch.subdir("distribution-proxy-data")?,
+                        &logs,
+                        "distribution-proxy",
+                        Some(&upstream),
+                    )
+                    .await?,
+                );
+                mirror_env = Some(env);
+            }
+            let prefixes = ["up", ""];
             let targets: Vec<Target> = [&berth, &distribution]
                 .iter()
-                .map(|s| Target {
+                .enumerate()
+                .map(|(i, s)| Target {
                     name: s.name.clone(),
                     version: s.version.clone(),
                     endpoint: s.endpoint.clone(),
                     meter: Some(ProcMeter::new(s.pid())),
+                    mirror: mirror_env.as_ref().map(|env| {
+                        env.target(
+                            mirrors[i].endpoint.clone(),
+                            prefixes[i],
+                            Some(ProcMeter::new(mirrors[i].pid())),
+                        )
+                    }),
                 })
                 .collect();
             let report = bench(
@@ -161,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &targets,
                 &params,
                 &args.common,
+                &workloads,
                 scratch.path(),
                 &scratch,
             )
@@ -168,8 +265,12 @@ async fn run(cli: Cli) -> Result<()> {
             let failed = report
                 .as_ref()
                 .map_or(true, |r| r.targets.iter().any(|t| !t.errors.is_empty()));
-            for server in [&berth, &distribution] {
-                if failed {
+            if failed {
+                let servers = [&berth, &distribution]
+                    .into_iter()
+                    .chain(&mirrors)
+                    .chain(mirror_env.as_ref().map(|e| &e.upstream));
+                for server in servers {
                     eprintln!(
                         "--- last log lines of {} ---\n{}",
                         server.name,
@@ -177,12 +278,25 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            drop(targets);
+            drop(mirrors);
+            drop(mirror_env);
             drop(berth);
             drop(distribution);
             let report = report?;
             emit(&report, args.common.json.as_deref())?;
             fail_on_errors(&report)
         }
+    }
+}
+
+/// The workloads asked for with --workloads, or else those of `Workload::ALL`
+/// that `default` accepts.
+fn selected(common: &Common, default: impl Fn(Workload) -> bool) -> Vec<Workload> {
+    if common.workloads.is_empty() {
+        Workload::ALL.into_iter().filter(|w| default(*w)).collect()
+    } else {
+        common.workloads.clone()
     }
 }
 
@@ -223,6 +337,7 @@ async fn bench(
     targets: &[Target],
     params: &Params,
     common: &Common,
+    workloads: &[Workload],
     data_dir: &Path,
     scratch: &TempDir,
 ) -> Result<Report> {
@@ -242,11 +357,6 @@ async fn bench(
         eprintln!("  {}: {} {}", c.label, fmt_num(c.value), c.unit);
     }
 
-    let workloads: Vec<Workload> = if common.workloads.is_empty() {
-        Workload::ALL.to_vec()
-    } else {
-        common.workloads.clone()
-    };
     let mut results: Vec<TargetResults> = targets
         .iter()
         .map(|t| TargetResults {
@@ -256,7 +366,7 @@ async fn bench(
             ..Default::default()
         })
         .collect();
-    for workload in workloads {
+    for &workload in workloads {
         for (target, result) in targets.iter().zip(results.iter_mut()) {
             flush_dirty_pages().await;
             eprintln!("[{}] {}...", target.name, workload.label());
@@ -269,18 +379,20 @@ async fn bench(
                     .collect();
                 eprintln!("[{name}]   {}: {}", c.workload, metrics.join(", "));
             };
-            match workload.run(target, params, &progress).await {
-                Ok(mut cases) => result.cases.append(&mut cases),
-                Err(e) => {
-                    eprintln!("[{}]   FAILED: {e:#}", target.name);
-                    result.errors.push(format!("{}: {e:#}", workload.label()));
-                }
+            let (mut cases, outcome) = workload.run(target, params, &progress).await;
+            result.cases.append(&mut cases);
+            if let Err(e) = outcome {
+                eprintln!("[{}]   FAILED: {e:#}", target.name);
+                result.errors.push(format!("{}: {e:#}", workload.label()));
             }
         }
     }
     for (target, result) in targets.iter().zip(results.iter_mut()) {
         if let Some(meter) = &target.meter {
-            result.overall = overall_usage(meter, &result.cases);
+            let mirror = target.mirror.as_ref().and_then(|m| m.meter.as_ref());
+            // In `run` mode the mirror is the same process: count it once.
+            let mirror = mirror.filter(|m| m.pid() != meter.pid());
+            result.overall = overall_usage(meter, mirror, &result.cases);
         }
     }
     if busy > 0.2 {
@@ -308,10 +420,19 @@ async fn bench(
 }
 
 /// CPU since the server started, and the largest peak RSS seen in any phase
-/// (or since the last reset, if that is larger).
-fn overall_usage(meter: &ProcMeter, cases: &[CaseResult]) -> Option<Usage> {
-    let cpu = meter.cpu_seconds().ok()?;
-    let (_, hwm) = meter.rss().ok()?;
+/// (or since the last reset, if that is larger). With a separate mirror
+/// process (compare), its CPU is added and its peak counts too.
+fn overall_usage(
+    meter: &ProcMeter,
+    mirror: Option<&ProcMeter>,
+    cases: &[CaseResult],
+) -> Option<Usage> {
+    let mut cpu = meter.cpu_seconds().ok()?;
+    let (_, mut hwm) = meter.rss().ok()?;
+    if let Some(m) = mirror {
+        cpu += m.cpu_seconds().ok()?;
+        hwm = hwm.max(m.rss().ok()?.1);
+    }
     let peak = cases
         .iter()
         .filter_map(|c| c.usage.map(|u| u.peak_rss_bytes))

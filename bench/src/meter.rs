@@ -34,6 +34,10 @@ impl ProcMeter {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// User + system CPU time the process has used since it started.
     pub fn cpu_seconds(&self) -> Result<f64> {
         let path = format!("/proc/{}/stat", self.pid);

@@ -183,6 +183,36 @@ impl Drop for ServerProcess {
 
 /// Starts berth: `BERTH serve --listen 127.0.0.1:PORT --data-dir DIR`.
 pub async fn start_berth(bin: &Path, data_dir: &Path, log_dir: &Path) -> Result<ServerProcess> {
+    start_berth_with(bin, data_dir, log_dir, "berth", &[]).await
+}
+
+/// Starts berth as a pull-through mirror of `upstream` under the path prefix
+/// `name`: `BERTH serve ... --mirror NAME=UPSTREAM`. Logs to `berth-mirror.log`.
+pub async fn start_berth_mirror(
+    bin: &Path,
+    data_dir: &Path,
+    log_dir: &Path,
+    name: &str,
+    upstream: &str,
+) -> Result<ServerProcess> {
+    let flag = format!("{name}={upstream}");
+    start_berth_with(
+        bin,
+        data_dir,
+        log_dir,
+        "berth-mirror",
+        &["--mirror".to_string(), flag],
+    )
+    .await
+}
+
+async fn start_berth_with(
+    bin: &Path,
+    data_dir: &Path,
+    log_dir: &Path,
+    log_name: &str,
+    extra: &[String],
+) -> Result<ServerProcess> {
     if !bin.exists() {
         bail!(
             "berth binary not found at {} (build it with `cargo build --release -p berth`, or pass --berth)",
@@ -195,12 +225,13 @@ pub async fn start_berth(bin: &Path, data_dir: &Path, log_dir: &Path) -> Result<
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
-        .arg(data_dir);
+        .arg(data_dir)
+        .args(extra);
     let mut server = ServerProcess::spawn(
-        "berth",
+        log_name,
         cmd,
         Endpoint::from_port(port),
-        log_dir.join("berth.log"),
+        log_dir.join(format!("{log_name}.log")),
     )?;
     server.wait_ready("/v2/", Duration::from_secs(30)).await?;
     Ok(server)
@@ -208,9 +239,10 @@ pub async fn start_berth(bin: &Path, data_dir: &Path, log_dir: &Path) -> Result<
 
 /// YAML config for CNCF distribution: filesystem storage, deletes enabled,
 /// errors-only logging, no access log, and the in-memory blob descriptor cache
-/// that upstream's shipped config enables.
-pub fn distribution_config(root: &Path, port: u16) -> String {
-    format!(
+/// that upstream's shipped config enables. With `proxy`, distribution runs as a
+/// pull-through cache of that registry (`proxy: remoteurl:`).
+pub fn distribution_config(root: &Path, port: u16, proxy: Option<&str>) -> String {
+    let mut config = format!(
         "version: 0.1
 log:
   level: error
@@ -227,7 +259,11 @@ http:
   addr: 127.0.0.1:{port}
 ",
         root.display()
-    )
+    );
+    if let Some(url) = proxy {
+        config.push_str(&format!("proxy:\n  remoteurl: {url}\n"));
+    }
+    config
 }
 
 /// Starts CNCF distribution (`docker-registry serve CONFIG.yml`).
@@ -236,6 +272,18 @@ pub async fn start_distribution(
     data_dir: &Path,
     log_dir: &Path,
 ) -> Result<ServerProcess> {
+    start_distribution_with(bin, data_dir, log_dir, "distribution", None).await
+}
+
+/// Starts CNCF distribution with its config and log named after `log_name`,
+/// optionally in proxy mode (a pull-through cache of `proxy`).
+pub async fn start_distribution_with(
+    bin: &Path,
+    data_dir: &Path,
+    log_dir: &Path,
+    log_name: &str,
+    proxy: Option<&str>,
+) -> Result<ServerProcess> {
     if !bin.exists() {
         bail!(
             "distribution binary not found at {} (apt-get install docker-registry, or pass --distribution)",
@@ -243,16 +291,16 @@ pub async fn start_distribution(
         );
     }
     let port = free_port()?;
-    let config = log_dir.join("distribution.yml");
-    std::fs::write(&config, distribution_config(data_dir, port))
+    let config = log_dir.join(format!("{log_name}.yml"));
+    std::fs::write(&config, distribution_config(data_dir, port, proxy))
         .with_context(|| format!("writing {}", config.display()))?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve").arg(&config);
     let mut server = ServerProcess::spawn(
-        "distribution",
+        log_name,
         cmd,
         Endpoint::from_port(port),
-        log_dir.join("distribution.log"),
+        log_dir.join(format!("{log_name}.log")),
     )?;
     server.wait_ready("/v2/", Duration::from_secs(30)).await?;
     Ok(server)

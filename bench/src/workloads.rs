@@ -1,7 +1,8 @@
 //! The registry workloads, modelled on zot's `zb`: blob push (monolithic and
-//! chunked), blob pull, manifest GET/HEAD by tag, tags list, and small-image
-//! push rate. Each workload sets up its own repository (unique per run), then
-//! times only the measured phase; server CPU/RSS is metered over that phase.
+//! chunked), blob pull, manifest GET/HEAD by tag, tags list, small-image push
+//! rate, and pull-through mirroring (in `mirror`). Each workload sets up its
+//! own repository (unique per run), then times only the measured phase;
+//! server CPU/RSS is metered over that phase.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::blob::{Blob, GIB, MIB, size_label};
 use crate::client::{Conn, Endpoint};
 use crate::load::{self, Percentiles, RequestSpec, mb_per_s, ms};
 use crate::meter::{ProcMeter, Usage};
+use crate::mirror::MirrorTarget;
 use crate::registry::{self, MANIFEST_ACCEPT};
 use crate::report::{CaseResult, Metric};
 
@@ -40,16 +42,21 @@ pub struct Params {
     pub tag_conns: usize,
     pub images: usize,
     pub image_pushers: usize,
+    /// Blob size of the mirror workload's pulls.
+    pub mirror_blob: u64,
+    /// Concurrent clients of the mirror's cold-pull case.
+    pub mirror_clients: usize,
 }
 
 impl Params {
     pub fn new(quick: bool, run_id: u64) -> Params {
-        let (push, pull, duration, images) = if quick {
+        let (push, pull, duration, images, mirror_blob) = if quick {
             (
                 vec![(MIB, 10), (10 * MIB, 5), (100 * MIB, 2)],
                 vec![(100 * MIB, 3, 1)],
                 Duration::from_secs(2),
                 200,
+                64 * MIB,
             )
         } else {
             (
@@ -57,6 +64,7 @@ impl Params {
                 vec![(100 * MIB, 5, 2), (GIB, 2, 1)],
                 Duration::from_secs(5),
                 1000,
+                256 * MIB,
             )
         };
         Params {
@@ -72,6 +80,8 @@ impl Params {
             tag_conns: 32,
             images,
             image_pushers: 8,
+            mirror_blob,
+            mirror_clients: 16,
         }
     }
 
@@ -82,7 +92,7 @@ impl Params {
         x ^ (x >> 31)
     }
 
-    fn repo(&self, name: &str) -> String {
+    pub fn repo(&self, name: &str) -> String {
         format!("berth-bench-{:x}/{name}", self.run_id & 0xffff_ffff)
     }
 }
@@ -94,6 +104,8 @@ pub struct Target {
     pub endpoint: Endpoint,
     /// Present when the server's PID is known (compare mode, or `run --pid`).
     pub meter: Option<ProcMeter>,
+    /// The registry (and upstream) the mirror workload uses for this target, when set up.
+    pub mirror: Option<MirrorTarget>,
 }
 
 impl Target {
@@ -126,16 +138,19 @@ pub enum Workload {
     TagsList,
     /// Small-image push rate with 8 concurrent pushers.
     ImagePush,
+    /// Pull-through mirror of an upstream: cold/warm blob pulls, upstream GET counts, cached manifests.
+    Mirror,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::PushMonolithic,
         Workload::PushChunked,
         Workload::Pull,
         Workload::Manifest,
         Workload::TagsList,
         Workload::ImagePush,
+        Workload::Mirror,
     ];
 
     pub fn label(self) -> &'static str {
@@ -146,30 +161,33 @@ impl Workload {
             Workload::Manifest => "manifest",
             Workload::TagsList => "tags list",
             Workload::ImagePush => "image push",
+            Workload::Mirror => "mirror",
         }
     }
 
-    /// Runs the workload on `target`; `progress` receives each case as it completes.
+    /// Runs the workload on `target`; `progress` receives each case as it
+    /// completes. The cases completed before a failure are returned with it.
     pub async fn run(
         self,
         target: &Target,
         params: &Params,
         progress: &dyn Fn(&CaseResult),
-    ) -> Result<Vec<CaseResult>> {
+    ) -> (Vec<CaseResult>, Result<()>) {
         let mut cases = Vec::new();
         let mut emit = |c: CaseResult| {
             progress(&c);
             cases.push(c);
         };
-        match self {
-            Workload::PushMonolithic => push(target, params, false, &mut emit).await?,
-            Workload::PushChunked => push(target, params, true, &mut emit).await?,
-            Workload::Pull => pull(target, params, &mut emit).await?,
-            Workload::Manifest => manifest(target, params, &mut emit).await?,
-            Workload::TagsList => tags_list(target, params, &mut emit).await?,
-            Workload::ImagePush => image_push(target, params, &mut emit).await?,
-        }
-        Ok(cases)
+        let outcome = match self {
+            Workload::PushMonolithic => push(target, params, false, &mut emit).await,
+            Workload::PushChunked => push(target, params, true, &mut emit).await,
+            Workload::Pull => pull(target, params, &mut emit).await,
+            Workload::Manifest => manifest(target, params, &mut emit).await,
+            Workload::TagsList => tags_list(target, params, &mut emit).await,
+            Workload::ImagePush => image_push(target, params, &mut emit).await,
+            Workload::Mirror => crate::mirror::run(target, params, &mut emit).await,
+        };
+        (cases, outcome)
     }
 }
 
