@@ -131,17 +131,21 @@ async fn run(cli: Cli) -> Result<()> {
             let params = Params::new(args.common.quick, run_id);
             let scratch = TempDir::new("berth-bench")?;
             let endpoint = Endpoint::parse(&args.url)?;
-            check_registry(&endpoint).await?;
             let workloads = selected(&args.common, |w| {
                 w != Workload::Mirror || args.mirror_proxy_port.is_some()
             });
-            // Declared before the target so the upstream outlives the run.
-            let mut mirror_env = None;
-            if workloads.contains(&Workload::Mirror) {
-                let port = args.mirror_proxy_port.context(
+            let mirror_port = if workloads.contains(&Workload::Mirror) {
+                Some(args.mirror_proxy_port.context(
                     "the mirror workload needs --mirror-proxy-port PORT, with the registry at --url \
                      mirroring http://127.0.0.1:PORT",
-                )?;
+                )?)
+            } else {
+                None
+            };
+            check_registry(&endpoint).await?;
+            // Declared before the target so the upstream outlives the run.
+            let mut mirror_env = None;
+            if let Some(port) = mirror_port {
                 eprintln!("starting the mirror upstream and the counting proxy on port {port}...");
                 let logs = scratch.subdir("logs")?;
                 mirror_env =
