@@ -24,7 +24,7 @@ use crate::store::{BlobStore, ByteStream};
 pub enum FetchState {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// Body arriving; `received` bytes have been handed to the writer.
+    /// Body arriving; the first `received` bytes are in the temporary object.
     Streaming {
         len: Option<u64>,
         received: u64,
@@ -112,7 +112,7 @@ impl Download {
 
         let hasher = Arc::new(parking_lot::Mutex::new((digest.algorithm().hasher(), 0u64)));
         let idle = mirror.upstream.idle_timeout;
-        let (h, tx2) = (hasher.clone(), tx.clone());
+        let h = hasher.clone();
         let body = resp.bytes_stream();
         let stream: ByteStream = Box::pin(
             futures_util::stream::unfold(body, move |mut body| async move {
@@ -138,12 +138,21 @@ impl Download {
                         "upstream sent more bytes than its Content-Length",
                     ));
                 }
-                tx2.send_modify(|st| *st = FetchState::Streaming { len, received });
                 Ok(c)
             }),
         );
+        // Clients see bytes once they are in the object, never ahead of the writer.
+        let tx2 = tx.clone();
+        let on_written: crate::store::WriteProgress = Box::new(move |written| {
+            tx2.send_modify(|st| {
+                *st = FetchState::Streaming {
+                    len,
+                    received: written,
+                }
+            });
+        });
         let written = blobs
-            .append_upload(upload_id, 0, stream)
+            .append_upload_observed(upload_id, 0, stream, on_written)
             .await
             .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
         let (hasher, received) = {
@@ -212,7 +221,8 @@ pub fn tail(
                 FetchState::Connecting => (0, false),
             };
             if t.pos < limit {
-                let want = ((limit - t.pos) as usize).min(t.buf.len());
+                let want = ((limit - t.pos) as usize).min(TAIL_CHUNK);
+                t.buf.resize(want, 0);
                 match t.reader.read(&mut t.buf[..want]).await {
                     Ok(0) if done => {
                         return Some((
@@ -225,8 +235,9 @@ pub fn tail(
                     Ok(0) => {} // the writer has not written what was received yet
                     Ok(n) => {
                         t.pos += n as u64;
-                        let chunk = Bytes::copy_from_slice(&t.buf[..n]);
-                        return Some((Ok(chunk), Some(t)));
+                        let mut chunk = std::mem::take(&mut t.buf);
+                        chunk.truncate(n);
+                        return Some((Ok(Bytes::from(chunk)), Some(t)));
                     }
                     Err(e) => return Some((Err(e), None)),
                 }

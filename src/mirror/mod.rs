@@ -18,6 +18,12 @@ use crate::store::ByteStream;
 use fetch::{Fetch, FetchState};
 use upstream::{MANIFEST_ACCEPT, Upstream, UpstreamError};
 
+/// A resolved mirror manifest: its record when the lookup already produced it, else its digest.
+enum Found {
+    Record(ManifestRecord),
+    Digest(Digest),
+}
+
 /// One configured upstream.
 pub struct Mirror {
     pub name: String,
@@ -155,21 +161,25 @@ impl Mirrors {
         let up = m.upstream_name(raw_name)?;
         let repo = m.local_repo(&up);
         let metrics = crate::metrics::metrics();
-        match self.resolve_manifest(m, &up, &repo, reference).await {
-            Ok((digest, result)) => {
-                metrics.mirror(&m.name, "manifest", result);
-                self.registry
-                    .get_manifest(&repo, &Reference::Digest(digest), accept)
-                    .await
-            }
+        let (found, result) = match self.resolve_manifest(m, &up, &repo, reference).await {
+            Ok(ok) => ok,
             Err(e) => {
                 metrics.mirror(&m.name, "manifest", "error");
-                Err(e)
+                return Err(e);
+            }
+        };
+        metrics.mirror(&m.name, "manifest", result);
+        match found {
+            Found::Record(record) => self.registry.serve_record(record, accept).await,
+            Found::Digest(d) => {
+                self.registry
+                    .get_manifest(&repo, &Reference::Digest(d), accept)
+                    .await
             }
         }
     }
 
-    /// Makes sure the manifest `reference` names is cached and current; returns its digest and how it was found
+    /// Makes sure the manifest `reference` names is cached and current; returns it and how it was found
     /// (`hit`, `revalidated`, `miss`, `stale`).
     async fn resolve_manifest(
         &self,
@@ -177,28 +187,28 @@ impl Mirrors {
         up: &RepoName,
         repo: &RepoName,
         reference: &Reference,
-    ) -> Result<(Digest, &'static str), RegistryError> {
+    ) -> Result<(Found, &'static str), RegistryError> {
         let what = format!("{}/{up}:{reference}", m.name);
         let meta = self.registry.metadata_store();
         let tag = match reference {
             Reference::Digest(d) => {
-                if meta.manifest(repo, d).await?.is_some() {
-                    return Ok((d.clone(), "hit"));
+                if let Some(rec) = meta.manifest(repo, d).await? {
+                    return Ok((Found::Record(rec), "hit"));
                 }
                 self.fetch_manifest(m, up, repo, &d.to_string(), Some(d), None)
                     .await
                     .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
-                return Ok((d.clone(), "miss"));
+                return Ok((Found::Digest(d.clone()), "miss"));
             }
             Reference::Tag(tag) => tag,
         };
         if let Some((rec, fetched_at)) = meta.cached_tag(repo, tag).await? {
             if now() - fetched_at < m.tag_ttl.as_secs() as i64 {
-                return Ok((rec.digest, "hit"));
+                return Ok((Found::Record(rec), "hit"));
             }
             return match self.revalidate(m, up, repo, tag, &rec).await {
-                Ok(d) if d == rec.digest => Ok((d, "revalidated")),
-                Ok(d) => Ok((d, "miss")),
+                Ok(d) if d == rec.digest => Ok((Found::Record(rec), "revalidated")),
+                Ok(d) => Ok((Found::Digest(d), "miss")),
                 Err(UpstreamError::NotFound(_)) => {
                     // The upstream says the tag is gone: that is an answer, not an outage.
                     meta.delete_tag(repo, tag).await?;
@@ -206,7 +216,7 @@ impl Mirrors {
                 }
                 Err(e) => {
                     tracing::warn!(mirror = %m.name, %repo, %tag, error = %e, "upstream failed; serving cached tag (stale-if-error)");
-                    Ok((rec.digest, "stale"))
+                    Ok((Found::Record(rec), "stale"))
                 }
             };
         }
@@ -214,7 +224,7 @@ impl Mirrors {
             .fetch_manifest(m, up, repo, tag.as_str(), None, Some(tag))
             .await
             .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
-        Ok((d, "miss"))
+        Ok((Found::Digest(d), "miss"))
     }
 
     /// HEAD upstream for the tag's digest; unchanged → mark fresh; changed → fetch the new manifest (which moves

@@ -183,6 +183,15 @@ impl Registry {
         accept: &[&str],
     ) -> Result<StoredManifest, RegistryError> {
         let record = self.resolve_manifest(repo, reference).await?;
+        self.serve_record(record, accept).await
+    }
+
+    /// A manifest whose record the caller already looked up, with the same `Accept` rule as GET.
+    pub async fn serve_record(
+        &self,
+        record: ManifestRecord,
+        accept: &[&str],
+    ) -> Result<StoredManifest, RegistryError> {
         check_accept(&record, accept)?;
         let bytes = self.manifest_bytes(&record).await?;
         Ok(StoredManifest { record, bytes })

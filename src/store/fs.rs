@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BlobReader, BlobStore, ByteStream, StoreError};
+use super::{BlobReader, BlobStore, ByteStream, StoreError, WriteProgress};
 use crate::oci::Digest;
 
 /// Size of the reads that feed a blob GET; large enough to keep syscalls cheap per byte.
@@ -118,11 +118,12 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
-    async fn append_upload(
+    async fn append_upload_observed(
         &self,
         id: &str,
         offset: u64,
         mut data: ByteStream,
+        progress: WriteProgress,
     ) -> Result<u64, StoreError> {
         let path = self.upload_path(id)?;
         // Receiving (this task) and writing (a blocking thread) overlap through a small bounded queue.
@@ -146,6 +147,7 @@ impl BlobStore for FsBlobStore {
                     return Err(e.into());
                 }
                 written += chunk.len() as u64;
+                progress(written);
                 if written - flushed >= WRITEBACK_STEP {
                     start_writeback(&f, offset + flushed, written - flushed);
                     flushed = written;

@@ -16,6 +16,9 @@ use crate::oci::Digest;
 /// A stream of bytes read from or written to the store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// Told the total number of bytes durably handed to the object so far (not yet fsync'd), after each write.
+pub type WriteProgress = Box<dyn Fn(u64) + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object not found")]
@@ -44,6 +47,19 @@ pub trait BlobStore: Send + Sync + 'static {
         id: &str,
         offset: u64,
         data: ByteStream,
+    ) -> Result<u64, StoreError> {
+        self.append_upload_observed(id, offset, data, Box::new(|_| {}))
+            .await
+    }
+
+    /// `append_upload`, reporting after each write how many bytes readers of the object (`tail_upload`) can now
+    /// see, so they never read ahead of the writer.
+    async fn append_upload_observed(
+        &self,
+        id: &str,
+        offset: u64,
+        data: ByteStream,
+        progress: WriteProgress,
     ) -> Result<u64, StoreError>;
 
     /// Current length of an upload's temporary object.
