@@ -10,160 +10,18 @@
 mod common;
 #[path = "common/image.rs"]
 mod image;
+#[path = "common/tools.rs"]
+mod tools;
 
 use common::sha256_digest;
 use image::{
     Desc, Layout, OCI_INDEX, OCI_MANIFEST, absolute, build_multiarch, target, with_digest,
 };
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use tools::containerd_or_skip;
 
 fn tools_available() -> bool {
     image::tools_available(&["containerd", "ctr"], "containerd")
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// A private containerd daemon
-// ---------------------------------------------------------------------------------------------------------------
-
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Containerd {
-    /// Starts containerd with everything under a fresh temporary directory; Err(reason) if it cannot run here.
-    fn start() -> Result<Containerd, String> {
-        // Short path: the socket path must fit in sun_path (108 bytes).
-        let dir = tempfile::Builder::new()
-            .prefix("ctrd")
-            .tempdir_in("/tmp")
-            .map_err(|e| e.to_string())?;
-        let d = dir.path();
-        let sock = d.join("c.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = sock.display(),
-            opt = d.join("opt").display(),
-        );
-        let cfg_path = d.join("config.toml");
-        std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
-        let log = d.join("containerd.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| format!("spawn containerd: {e}"))?;
-        let mut c = Containerd {
-            child,
-            sock,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                return Err(format!(
-                    "containerd exited with {status}; log:\n{}",
-                    std::fs::read_to_string(&c.log).unwrap_or_default()
-                ));
-            }
-            if c.sock.exists() && c.ctr(&["version"]).status.success() {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "containerd did not answer within 30 s; log:\n{}",
-                    std::fs::read_to_string(&c.log).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        eprintln!("$ ctr {} -> {}", args.join(" "), out.status);
-        assert!(
-            out.status.success(),
-            "ctr {} failed: {}\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-/// Starts containerd, or prints why it cannot run and returns None (the caller skips).
-fn containerd_or_skip() -> Option<Containerd> {
-    match Containerd::start() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("SKIPPED: the containerd daemon cannot start in this environment: {e}");
-            None
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 mod common;
 #[path = "common/image.rs"]
 mod image;
+#[path = "common/tools.rs"]
+mod tools;
 
 use common::sha256_digest;
 use image::{
@@ -21,170 +23,22 @@ use image::{
     http_manifest, target,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use tools::Podman;
 
 // ---------------------------------------------------------------------------------------------------------------
 // An isolated podman
 // ---------------------------------------------------------------------------------------------------------------
-
-/// podman with everything it writes under one temporary directory; `host` is configured as a plain-HTTP registry.
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    /// Writes the configuration and checks podman can open its storage; Err(reason) if it cannot run here.
-    fn new(host: &str) -> Result<Podman, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("podman")
-            .tempdir_in("/tmp")
-            .map_err(|e| e.to_string())?;
-        let d = dir.path();
-        let write = |name: &str, text: String| {
-            std::fs::write(d.join(name), text).map_err(|e| e.to_string())
-        };
-        write(
-            "registries.conf",
-            format!(
-                "unqualified-search-registries = []\n\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
-            ),
-        )?;
-        write(
-            "storage.conf",
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                d.join("root").display(),
-                d.join("runroot").display()
-            ),
-        )?;
-        // tmp_dir keeps libpod's state out of /run/libpod and image_copy_tmp_dir c/image's buffers out of /var/tmp;
-        // the CNI backend with its own config dir keeps the network layer out of /etc/containers/networks and
-        // /run/containers/networks (netavark, as root, always uses them). No container runs, so no network plugin is
-        // needed: an empty plugin dir satisfies podman's check that one exists.
-        write(
-            "containers.conf",
-            format!(
-                r#"[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-tmp_dir = "{tmp}"
-image_copy_tmp_dir = "{tmp}"
-
-[network]
-network_backend = "cni"
-network_config_dir = "{net}"
-cni_plugin_dirs = ["{cni}"]
-"#,
-                tmp = d.join("tmp").display(),
-                net = d.join("net").display(),
-                cni = d.join("cni").display()
-            ),
-        )?;
-        // c/image reads $HOME/.config/containers/policy.json before /etc/containers/policy.json.
-        let policy_dir = d.join("home/.config/containers");
-        std::fs::create_dir_all(&policy_dir).map_err(|e| e.to_string())?;
-        std::fs::write(
-            policy_dir.join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .map_err(|e| e.to_string())?;
-        for sub in ["xdg", "cni"] {
-            std::fs::create_dir_all(d.join(sub)).map_err(|e| e.to_string())?;
-        }
-        let p = Podman { dir };
-        let out = p.run(&["images", "-q"]);
-        if !out.status.success() {
-            return Err(format!(
-                "`podman images` failed: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let d = self.dir.path();
-        let out = Command::new("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(args)
-            .env("HOME", d.join("home"))
-            .env("XDG_RUNTIME_DIR", d.join("xdg"))
-            .env("XDG_CONFIG_HOME", d.join("home/.config"))
-            .env("XDG_DATA_HOME", d.join("home/.local/share"))
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("REGISTRIES_CONFIG_PATH", d.join("registries.conf"))
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run podman");
-        eprintln!(
-            "$ podman {}\n  -> {}\n  stderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        out
-    }
-
-    /// Runs podman, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {} failed: {}\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `podman image inspect` of one image.
-    fn inspect(&self, image: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["image", "inspect", image])).unwrap();
-        v[0].clone()
-    }
-}
 
 /// True when podman is installed; false (skip) when it is missing outside CI; panics when missing under CI.
 fn podman_available() -> bool {
     image::tools_available(&["podman"], "podman")
 }
 
-/// An isolated podman for `host`, or None (the caller skips) when it cannot run here outside CI; panics under CI.
+/// An isolated podman ([`tools::Podman`]) with `host` configured as a plain-HTTP registry, or None (the caller
+/// skips) when it cannot run here outside CI; panics under CI.
 fn podman_or_skip(host: &str) -> Option<Podman> {
-    match Podman::new(host) {
-        Ok(p) => Some(p),
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("podman cannot run but CI is set: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: podman cannot run in this environment: {e}");
-            None
-        }
-    }
+    tools::podman_or_skip(&tools::insecure_registries_conf(host))
 }
 
 // ---------------------------------------------------------------------------------------------------------------

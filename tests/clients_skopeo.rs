@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/image.rs"]
 mod image;
+#[path = "common/tools.rs"]
+mod tools;
 
 use common::sha256_digest;
 use image::{
@@ -18,10 +20,10 @@ use image::{
 };
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Command, Output};
+use tools::{layout_ref, skopeo, skopeo_ok};
 
 // ---------------------------------------------------------------------------------------------------------------
-// Running skopeo
+// Running skopeo (runner: tests/common/tools.rs)
 // ---------------------------------------------------------------------------------------------------------------
 
 /// True when skopeo can be used; false (skip) when it is missing outside CI; panics when missing under CI.
@@ -29,54 +31,9 @@ fn skopeo_available() -> bool {
     image::tools_available(&["skopeo"], "skopeo")
 }
 
-fn skopeo(args: &[&str], home: &Path) -> Output {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_RUNTIME_DIR", home)
-        .output()
-        .expect("run skopeo");
-    eprintln!(
-        "$ skopeo {}\n  -> {}\n  stderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
-}
-
-fn skopeo_ok(args: &[&str], home: &Path) -> Vec<u8> {
-    let out = skopeo(args, home);
-    assert!(
-        out.status.success(),
-        "skopeo {} failed: {}\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Reading an OCI layout back
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Reads the top-level manifest digest named `tag` in an OCI layout's index.json.
-fn layout_ref(dir: &Path, tag: &str) -> String {
-    let idx: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    idx["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {}/index.json: {idx}", dir.display()))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 fn layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
     let p = dir

@@ -10,65 +10,20 @@
 mod common;
 #[path = "common/image.rs"]
 mod image;
+#[path = "common/tools.rs"]
+mod tools;
 #[path = "common/upstream.rs"]
 mod upstream;
 
 use common::{Berth, sha256_digest};
 use image::{Desc, Layout, OCI_INDEX, OCI_MANIFEST, build_multiarch};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use tools::{containerd_or_skip, layout_ref, skopeo_ok};
 use upstream::{ACCEPT_MANIFESTS, Upstream, get, get_accept};
 
 // ---------------------------------------------------------------------------------------------------------------
-// skopeo
+// skopeo (runner: tests/common/tools.rs)
 // ---------------------------------------------------------------------------------------------------------------
-
-fn skopeo(args: &[&str], home: &Path) -> Output {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_RUNTIME_DIR", home)
-        .output()
-        .expect("run skopeo");
-    eprintln!(
-        "$ skopeo {}\n  -> {}\n  stderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
-}
-
-fn skopeo_ok(args: &[&str], home: &Path) -> Vec<u8> {
-    let out = skopeo(args, home);
-    assert!(
-        out.status.success(),
-        "skopeo {} failed: {}\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// The top-level manifest digest named `tag` in an OCI layout's index.json.
-fn layout_ref(dir: &Path, tag: &str) -> String {
-    let idx: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    idx["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {}/index.json: {idx}", dir.display()))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 /// Asserts that every blob of `expected` is in the layout at `dir`, byte for byte.
 fn assert_layout_has(dir: &Path, expected: &Layout) {
@@ -177,133 +132,8 @@ async fn mirror_skopeo_copies_through_prefix() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// containerd (daemon set-up as in clients_containerd.rs)
+// containerd (daemon: tests/common/tools.rs)
 // ---------------------------------------------------------------------------------------------------------------
-
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Containerd {
-    fn start() -> Result<Containerd, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("ctrd")
-            .tempdir_in("/tmp")
-            .map_err(|e| e.to_string())?;
-        let d = dir.path();
-        let sock = d.join("c.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = sock.display(),
-            opt = d.join("opt").display(),
-        );
-        let cfg_path = d.join("config.toml");
-        std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;
-        let log = d.join("containerd.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| format!("spawn containerd: {e}"))?;
-        let mut c = Containerd {
-            child,
-            sock,
-            log,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                return Err(format!(
-                    "containerd exited with {status}; log:\n{}",
-                    std::fs::read_to_string(&c.log).unwrap_or_default()
-                ));
-            }
-            if c.sock.exists() && c.ctr(&["version"]).status.success() {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "containerd did not answer within 30 s; log:\n{}",
-                    std::fs::read_to_string(&c.log).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        eprintln!("$ ctr {} -> {}", args.join(" "), out.status);
-        assert!(
-            out.status.success(),
-            "ctr {} failed: {}\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
 
 /// Loads a layout built by `build_multiarch` into the fake upstream as `name:tag`.
 fn load_layout(
@@ -333,12 +163,8 @@ async fn mirror_containerd_pulls_via_hosts_toml_ns() {
     if !image::tools_available(&["containerd", "ctr"], "containerd") {
         return;
     }
-    let ctrd = match Containerd::start() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("SKIPPED: the containerd daemon cannot start in this environment: {e}");
-            return;
-        }
+    let Some(ctrd) = containerd_or_skip() else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let (layout, index, children) =
