@@ -52,6 +52,10 @@ pub struct Mirror {
     /// Longest pause between body bytes before an upstream transfer is abandoned.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Cached blob bytes allowed for this mirror; above it the least recently used blobs are evicted (they are
+    /// fetched again on the next miss). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_budget: Option<ByteSize>,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -81,6 +85,7 @@ impl Mirror {
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
             idle_timeout: default_idle_timeout(),
+            cache_budget: None,
         }
     }
 
@@ -285,7 +290,8 @@ level = "info"
 # Without any [[mirror]] table these four are configured; write `mirror = []` (before any table) to have none.
 # Keys: name (prefix and ns host), upstream (URL), aliases, tag_ttl (cached tags younger than this are served
 # without asking the upstream), username / password or password_env (upstream credentials, never logged),
-# connect_timeout, response_timeout (until the upstream sends headers), idle_timeout (longest pause in a body).
+# connect_timeout, response_timeout (until the upstream sends headers), idle_timeout (longest pause in a body),
+# cache_budget (e.g. "50 GiB": above it the least recently used cached blobs are evicted; unset: no limit).
 [[mirror]]
 # Docker Hub; one-component names get "library/" (alpine -> library/alpine).
 name = "docker.io"
@@ -329,6 +335,7 @@ idle_timeout = "15s"
 # upstream = "https://registry.example.com"
 # username = "robot"
 # password_env = "EXAMPLE_REGISTRY_PASSWORD"
+# cache_budget = "20 GiB"
 "#;
 
 #[derive(Debug, thiserror::Error)]

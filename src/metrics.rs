@@ -44,6 +44,8 @@ pub struct Metrics {
     pub mirror_requests: Family<MirrorLabels, Counter>,
     pub mirror_upstream_bytes: Family<MirrorName, Counter>,
     pub mirror_upstream_fetches: Family<MirrorName, Counter>,
+    pub mirror_evictions: Family<MirrorName, Counter>,
+    pub mirror_cache_bytes: Family<MirrorName, Gauge>,
 }
 
 fn new_histogram() -> Histogram {
@@ -86,6 +88,18 @@ impl Metrics {
             "Blob downloads started from upstream registries (one per digest however many clients wait)",
             mirror_upstream_fetches.clone(),
         );
+        let mirror_evictions = Family::<MirrorName, Counter>::default();
+        registry.register(
+            "mirror_evictions",
+            "Blobs evicted from a mirror cache to keep it within its budget",
+            mirror_evictions.clone(),
+        );
+        let mirror_cache_bytes = Family::<MirrorName, Gauge>::default();
+        registry.register(
+            "mirror_cache_bytes",
+            "Bytes of blobs cached per mirror, as of the last eviction check",
+            mirror_cache_bytes.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -100,6 +114,8 @@ impl Metrics {
             mirror_requests,
             mirror_upstream_bytes,
             mirror_upstream_fetches,
+            mirror_evictions,
+            mirror_cache_bytes,
         }
     }
 

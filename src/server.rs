@@ -88,6 +88,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for m in &config.mirror {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
+    mirrors.start_eviction();
     let state = crate::http::AppState {
         registry: registry.clone(),
         mirrors: mirrors.clone(),

@@ -90,6 +90,15 @@ pub enum RemoveOutcome {
     ReferencedBy(Digest),
 }
 
+/// What `evict_mirror_blob` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Linked by a private repository (or gone already): nothing changed.
+    Kept,
+    /// Unlinked from the mirror; `row_deleted` when the blob row went too and its bytes may be removed.
+    Unlinked { size: u64, row_deleted: bool },
+}
+
 /// An upload session (the bytes live in the blob store under the same id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRecord {
@@ -222,6 +231,25 @@ pub trait MetadataStore: Send + Sync + 'static {
         mirror: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, MetaError>;
+
+    /// Mirrors: records that these blobs were just served (least-recently-used eviction order).
+    async fn touch_blobs(&self, digests: Vec<Digest>) -> Result<(), MetaError>;
+
+    /// Mirrors: bytes of the distinct blobs cached in repositories of `mirror`, not counting blobs a private
+    /// repository links (they are not the cache's to evict).
+    async fn mirror_cache_size(&self, mirror: &str) -> Result<u64, MetaError>;
+
+    /// Mirrors: up to `limit` blobs of `mirror`, least recently used first, that no private repository links
+    /// (those are never evicted).
+    async fn mirror_lru(&self, mirror: &str, limit: usize) -> Result<Vec<Digest>, MetaError>;
+
+    /// Mirrors: in one transaction, unlinks `digest` from every repository of `mirror` unless a private repository
+    /// links it, and deletes its row when nothing else references it. The caller deletes the bytes afterwards.
+    async fn evict_mirror_blob(&self, mirror: &str, digest: &Digest)
+    -> Result<Eviction, MetaError>;
+
+    /// Whether a blob row exists (the bytes must then stay).
+    async fn blob_exists(&self, digest: &Digest) -> Result<bool, MetaError>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError>;
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError>;

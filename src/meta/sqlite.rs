@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page, RefKind,
-    RemoveOutcome, UploadRecord, now,
+    Eviction, ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page,
+    RefKind, RemoveOutcome, UploadRecord, now,
 };
 use crate::oci::{Digest, RepoName, name::Tag};
 
@@ -711,6 +711,121 @@ impl MetadataStore for SqliteMetadataStore {
                 .query_row(params![mirror, digest], |r| r.get(0))
                 .optional()?;
             Ok(size.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn touch_blobs(&self, digests: Vec<Digest>) -> Result<(), MetaError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut up =
+                    tx.prepare_cached("UPDATE blob SET last_access = ?1 WHERE digest = ?2")?;
+                let t = now();
+                for d in &digests {
+                    up.execute(params![t, d.to_string()])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mirror_cache_size(&self, mirror: &str) -> Result<u64, MetaError> {
+        let mirror = mirror.to_owned();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(b.size), 0) FROM blob b WHERE EXISTS (
+                         SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                         WHERE rb.digest = b.digest AND r.kind = 'mirror' AND r.mirror = ?1)
+                       AND NOT EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                                       WHERE rb.digest = b.digest AND r.kind = 'private')",
+                )?
+                .query_row([mirror], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn mirror_lru(&self, mirror: &str, limit: usize) -> Result<Vec<Digest>, MetaError> {
+        let mirror = mirror.to_owned();
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT b.digest FROM blob b
+                     WHERE EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                                   WHERE rb.digest = b.digest AND r.kind = 'mirror' AND r.mirror = ?1)
+                       AND NOT EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                                       WHERE rb.digest = b.digest AND r.kind = 'private')
+                     ORDER BY b.last_access, b.digest LIMIT ?2",
+                )?
+                .query_map(params![mirror, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_digest).collect()
+        })
+        .await
+    }
+
+    async fn evict_mirror_blob(
+        &self,
+        mirror: &str,
+        digest: &Digest,
+    ) -> Result<Eviction, MetaError> {
+        let (mirror, digest) = (mirror.to_owned(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let private = tx
+                .prepare_cached(
+                    "SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                     WHERE rb.digest = ?1 AND r.kind = 'private'",
+                )?
+                .exists([&digest])?;
+            let size: Option<i64> = tx
+                .prepare_cached("SELECT size FROM blob WHERE digest = ?1")?
+                .query_row([&digest], |r| r.get(0))
+                .optional()?;
+            let Some(size) = size.filter(|_| !private) else {
+                return Ok(Eviction::Kept);
+            };
+            let unlinked = tx
+                .prepare_cached(
+                    "DELETE FROM repo_blob WHERE digest = ?2
+                     AND repo IN (SELECT id FROM repository WHERE kind = 'mirror' AND mirror = ?1)",
+                )?
+                .execute(params![mirror, digest])?;
+            if unlinked == 0 {
+                return Ok(Eviction::Kept);
+            }
+            let referenced = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM repo_blob WHERE digest = ?1)
+                         OR EXISTS (SELECT 1 FROM manifest WHERE digest = ?1)",
+                )?
+                .query_row([&digest], |r| r.get::<_, bool>(0))?;
+            if !referenced {
+                tx.prepare_cached("DELETE FROM blob WHERE digest = ?1")?
+                    .execute([&digest])?;
+            }
+            tx.commit()?;
+            Ok(Eviction::Unlinked {
+                size: size as u64,
+                row_deleted: !referenced,
+            })
+        })
+        .await
+    }
+
+    async fn blob_exists(&self, digest: &Digest) -> Result<bool, MetaError> {
+        let digest = digest.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM blob WHERE digest = ?1")?
+                .exists([digest])?)
         })
         .await
     }

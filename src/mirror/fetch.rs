@@ -15,9 +15,9 @@ use tokio::sync::watch;
 
 use super::Mirror;
 use super::upstream::UpstreamError;
-use crate::meta::MetadataStore;
 use crate::oci::{Digest, RepoName};
-use crate::store::{BlobStore, ByteStream};
+use crate::registry::Registry;
+use crate::store::ByteStream;
 
 /// Where a download stands, broadcast to every client streaming it.
 #[derive(Debug, Clone)]
@@ -50,8 +50,7 @@ const TAIL_POLL: Duration = Duration::from_millis(5);
 /// Everything one download needs; it runs as its own task.
 pub(super) struct Download {
     pub mirror: Arc<Mirror>,
-    pub blobs: Arc<dyn BlobStore>,
-    pub meta: Arc<dyn MetadataStore>,
+    pub registry: Arc<Registry>,
     /// The local repository to link the blob into once cached.
     pub repo: RepoName,
     pub upstream_name: RepoName,
@@ -73,10 +72,15 @@ impl Download {
                     })
                     .inc_by(len);
                 let _ = tx.send(FetchState::Done { len });
+                mirror.evict_wake.notify_one();
             }
             Err(e) => {
                 tracing::warn!(mirror = %mirror.name, %digest, error = %e, "upstream blob fetch failed; nothing cached");
-                let _ = self.blobs.delete_upload(&self.upload_id).await;
+                let _ = self
+                    .registry
+                    .blob_store()
+                    .delete_upload(&self.upload_id)
+                    .await;
                 let _ = tx.send(FetchState::Failed(e));
             }
         }
@@ -86,13 +90,13 @@ impl Download {
     async fn download(&self, tx: &watch::Sender<FetchState>) -> Result<u64, UpstreamError> {
         let Download {
             mirror,
-            blobs,
-            meta,
+            registry,
             repo,
             upstream_name,
             digest,
             upload_id,
         } = self;
+        let (blobs, meta) = (registry.blob_store(), registry.metadata_store());
         let resp = mirror
             .upstream
             .request(
@@ -171,6 +175,7 @@ impl Download {
                 "body hashes to {actual}, not {digest}"
             )));
         }
+        let _publishing = registry.lock_digest(digest).await;
         blobs.publish_upload(upload_id, digest).await.map_err(io)?;
         meta.cache_blob(repo, &mirror.name, digest, written)
             .await

@@ -2,6 +2,7 @@
 //! stores as private content, in repositories named `<mirror>/<upstream name>` of kind `mirror`; this module
 //! decides when to ask the upstream and what may be cached. It knows nothing of HTTP.
 
+mod eviction;
 mod fetch;
 pub mod upstream;
 
@@ -15,6 +16,7 @@ use crate::meta::{ManifestRecord, now};
 use crate::oci::{Digest, Reference, RepoName, manifest, name::Tag};
 use crate::registry::{BlobDownload, ByteRange, Registry, RegistryError, StoredManifest};
 use crate::store::ByteStream;
+pub use eviction::EvictionPass;
 use fetch::{Fetch, FetchState};
 use upstream::{MANIFEST_ACCEPT, Upstream, UpstreamError};
 
@@ -33,6 +35,12 @@ pub struct Mirror {
     /// Docker Hub: one-component names mean `library/<name>`.
     docker_hub: bool,
     inflight: parking_lot::Mutex<HashMap<Digest, Arc<Fetch>>>,
+    /// Cache budget in bytes, if any.
+    budget: Option<u64>,
+    /// Blobs served from cache since the last eviction pass (their last-access time is written then, not per hit).
+    touched: parking_lot::Mutex<std::collections::HashSet<Digest>>,
+    /// Wakes the eviction task when a download completes.
+    evict_wake: tokio::sync::Notify,
 }
 
 /// Every configured mirror, by name and alias.
@@ -78,6 +86,9 @@ impl Mirrors {
                         "registry-1.docker.io" | "index.docker.io" | "docker.io"
                     ),
                 inflight: Default::default(),
+                budget: c.cache_budget.map(|b| b.as_u64()),
+                touched: Default::default(),
+                evict_wake: tokio::sync::Notify::new(),
             });
             for n in std::iter::once(&c.name).chain(&c.aliases) {
                 by_name.insert(n.clone(), m.clone());
@@ -331,6 +342,7 @@ impl Mirrors {
                 .and_then(|a| serde_json::to_string(a).ok()),
         };
         let io = |e: String| UpstreamError::BadResponse(format!("cannot write cache: {e}"));
+        let _publishing = self.registry.lock_digest(&digest).await;
         self.registry
             .blob_store()
             .put_bytes(&digest, bytes)
@@ -383,6 +395,7 @@ impl Mirrors {
             cached = Some(size);
         }
         if let Some(len) = cached {
+            m.touched.lock().insert(digest.clone());
             if head {
                 return Ok((MirrorBlob::Head { len }, "hit"));
             }
@@ -468,8 +481,7 @@ impl Mirrors {
         drop(inflight);
         let download = fetch::Download {
             mirror: m.clone(),
-            blobs: self.registry.blob_store().clone(),
-            meta: self.registry.metadata_store().clone(),
+            registry: self.registry.clone(),
             repo: repo.clone(),
             upstream_name: up.clone(),
             digest: digest.clone(),

@@ -144,6 +144,7 @@ impl Registry {
             size: bytes.len() as u64,
             annotations,
         };
+        let publishing = self.lock_digest(&digest).await;
         self.blobs.put_bytes(&digest, bytes.clone()).await?;
         self.meta
             .put_manifest(NewManifest {
@@ -154,6 +155,7 @@ impl Registry {
             })
             .await?
             .map_err(rejection_error)?;
+        drop(publishing);
         self.manifests.insert(digest.clone(), bytes);
         Ok(PutManifest {
             digest,

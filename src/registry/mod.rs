@@ -1,6 +1,7 @@
 //! The registry domain: push, pull, mount, delete, discovery. Enforces the invariants of design §5 on top of the two
 //! storage traits; knows nothing of HTTP. Each public method is one client-visible operation.
 
+mod digest_locks;
 mod error;
 mod manifests;
 mod uploads;
@@ -8,6 +9,7 @@ mod uploads;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use digest_locks::{DigestGuard, DigestLocks};
 pub use error::RegistryError;
 pub use manifests::{ManifestCache, PutManifest, StoredManifest};
 pub use uploads::UploadStatus;
@@ -29,6 +31,7 @@ pub struct Registry {
     limits: Limits,
     uploads: uploads::UploadStates,
     manifests: ManifestCache,
+    digest_locks: DigestLocks,
 }
 
 /// A blob ready to stream to a client.
@@ -76,7 +79,14 @@ impl Registry {
             limits,
             uploads: Default::default(),
             manifests: ManifestCache::new(64 << 20),
+            digest_locks: DigestLocks::default(),
         }
+    }
+
+    /// Serialises changes to one digest's bytes and row (see `digest_locks`). Every path that publishes bytes and
+    /// then commits their row, and every path that deletes them, holds it.
+    pub async fn lock_digest(&self, digest: &Digest) -> DigestGuard<'_> {
+        self.digest_locks.lock(digest).await
     }
 
     pub fn blob_store(&self) -> &Arc<dyn BlobStore> {

@@ -318,6 +318,7 @@ impl Registry {
                 "expected {digest}, content hashes to {actual}"
             )));
         }
+        let _publishing = self.lock_digest(digest).await;
         self.blobs.publish_upload(id, digest).await?;
         self.meta.commit_blob(repo, digest, state.offset).await?;
         Ok(state.offset)

@@ -1,0 +1,126 @@
+//! Keeping a mirror's cache within its budget (design invariant 6): least recently used blobs first, metadata
+//! and bytes removed together, never a blob a private repository links. An evicted blob is simply fetched again.
+//!
+//! Rows go first, in one metadata transaction. Bytes follow after `BYTES_GRACE`, so a request that read the row
+//! just before can still open them; the deletion then re-checks, under the digest lock every publisher holds, that
+//! no row came back (a re-fetch or a push of the same digest), so bytes a committed row points at are never removed.
+//! A crash between the two leaves unreferenced bytes, which garbage collection reclaims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Mirror, Mirrors};
+use crate::meta::Eviction;
+use crate::metrics::{MirrorName, metrics};
+use crate::registry::{Registry, RegistryError};
+
+/// How long evicted bytes outlive their row.
+const BYTES_GRACE: Duration = Duration::from_secs(30);
+/// How often each mirror with a budget is checked even without new downloads.
+const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Candidates read per round.
+const BATCH: usize = 64;
+
+/// What one eviction pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EvictionPass {
+    pub size_before: u64,
+    pub size_after: u64,
+    pub evicted: u64,
+}
+
+impl Mirrors {
+    /// Starts one background task per mirror that has a budget: a pass after each completed download and every
+    /// `CHECK_INTERVAL`.
+    pub fn start_eviction(self: &Arc<Self>) {
+        let mut seen = std::collections::HashSet::new();
+        for m in self.by_name.values() {
+            if m.budget.is_none() || !seen.insert(m.name.clone()) {
+                continue;
+            }
+            let (mirrors, m) = (self.clone(), m.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = m.evict_wake.notified() => {}
+                        _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+                    }
+                    if let Err(e) = mirrors.evict(&m).await {
+                        tracing::warn!(mirror = %m.name, error = %e, "cache eviction failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Records recent hits, then evicts least recently used blobs until the cache fits its budget.
+    pub async fn evict(&self, m: &Mirror) -> Result<EvictionPass, RegistryError> {
+        let meta = self.registry.metadata_store();
+        let touched: Vec<_> = m.touched.lock().drain().collect();
+        meta.touch_blobs(touched).await?;
+        let label = MirrorName {
+            mirror: m.name.clone(),
+        };
+        let mut size = meta.mirror_cache_size(&m.name).await?;
+        let mut pass = EvictionPass {
+            size_before: size,
+            ..Default::default()
+        };
+        if let Some(budget) = m.budget {
+            'rounds: while size > budget {
+                let candidates = meta.mirror_lru(&m.name, BATCH).await?;
+                if candidates.is_empty() {
+                    break;
+                }
+                let mut progressed = false;
+                for d in candidates {
+                    if size <= budget {
+                        break 'rounds;
+                    }
+                    if let Eviction::Unlinked {
+                        size: freed,
+                        row_deleted,
+                    } = meta.evict_mirror_blob(&m.name, &d).await?
+                    {
+                        progressed = true;
+                        size = size.saturating_sub(freed);
+                        pass.evicted += 1;
+                        metrics().mirror_evictions.get_or_create(&label).inc();
+                        tracing::info!(mirror = %m.name, digest = %d, size = freed, "evicted cached blob");
+                        if row_deleted {
+                            delete_bytes_later(self.registry.clone(), d);
+                        }
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        pass.size_after = size;
+        metrics()
+            .mirror_cache_bytes
+            .get_or_create(&label)
+            .set(size as i64);
+        Ok(pass)
+    }
+}
+
+/// Removes an evicted blob's bytes after the grace period, unless a row for it exists again by then.
+fn delete_bytes_later(registry: Arc<Registry>, digest: crate::oci::Digest) {
+    tokio::spawn(async move {
+        tokio::time::sleep(BYTES_GRACE).await;
+        let _held = registry.lock_digest(&digest).await;
+        match registry.metadata_store().blob_exists(&digest).await {
+            Ok(false) => {
+                if let Err(e) = registry.blob_store().delete(&digest).await {
+                    tracing::warn!(%digest, error = %e, "cannot delete evicted blob bytes; GC will reclaim them");
+                }
+            }
+            Ok(true) => {} // fetched or pushed again meanwhile: the bytes are in use
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot check evicted blob; keeping its bytes")
+            }
+        }
+    });
+}
