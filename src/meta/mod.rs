@@ -224,10 +224,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         size: u64,
     ) -> Result<(), MetaError>;
 
-    /// Mirrors: size of a blob already cached in any repository of `mirror` (never private content, which a
-    /// mirror path must not expose).
-    async fn mirror_blob_size(
+    /// Mirrors: if `digest` is cached in any repository of `mirror`, links it into `repo` too and returns its size.
+    /// Never links private content (a mirror path must not expose it), and never brings back an evicted row.
+    async fn link_mirror_blob(
         &self,
+        repo: &RepoName,
         mirror: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, MetaError>;

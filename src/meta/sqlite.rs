@@ -695,14 +695,16 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
-    async fn mirror_blob_size(
+    async fn link_mirror_blob(
         &self,
+        repo: &RepoName,
         mirror: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, MetaError> {
-        let (mirror, digest) = (mirror.to_owned(), digest.to_string());
-        self.read(move |conn| {
-            let size: Option<i64> = conn
+        let (repo, mirror, digest) = (repo.to_string(), mirror.to_owned(), digest.to_string());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let size: Option<i64> = tx
                 .prepare_cached(
                     "SELECT b.size FROM blob b WHERE b.digest = ?2 AND EXISTS (
                          SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
@@ -710,7 +712,14 @@ impl MetadataStore for SqliteMetadataStore {
                 )?
                 .query_row(params![mirror, digest], |r| r.get(0))
                 .optional()?;
-            Ok(size.map(|s| s as u64))
+            let Some(size) = size else { return Ok(None) };
+            let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, digest, now()])?;
+            tx.commit()?;
+            Ok(Some(size as u64))
         })
         .await
     }

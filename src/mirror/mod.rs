@@ -387,12 +387,9 @@ impl Mirrors {
         let repo = m.local_repo(&up);
         let meta = self.registry.metadata_store();
         let mut cached = meta.repo_blob(&repo, digest).await?;
-        if cached.is_none()
-            && let Some(size) = meta.mirror_blob_size(&m.name, digest).await?
-        {
-            // Cached for another repository of this mirror: link it here too.
-            meta.cache_blob(&repo, &m.name, digest, size).await?;
-            cached = Some(size);
+        if cached.is_none() {
+            // Perhaps cached for another repository of this mirror: link it here too.
+            cached = meta.link_mirror_blob(&repo, &m.name, digest).await?;
         }
         if let Some(len) = cached {
             m.touched.lock().insert(digest.clone());
@@ -435,9 +432,16 @@ impl Mirrors {
                     }
                 }
                 FetchState::Failed(e) => return Err(map_upstream(e, what, missing)),
-                FetchState::Done { len } => {
-                    // The download linked the repository that started it; this one may be another.
-                    meta.cache_blob(&repo, &m.name, digest, len).await?;
+                FetchState::Done { .. } => {
+                    // The download linked the repository that started it; this one may be another. If the blob
+                    // was evicted in the meantime, this is a miss again.
+                    if meta
+                        .link_mirror_blob(&repo, &m.name, digest)
+                        .await?
+                        .is_none()
+                    {
+                        return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
+                    }
                     let dl = self.registry.open_blob(&repo, digest, range).await?;
                     return Ok((MirrorBlob::Cached(dl), label));
                 }
