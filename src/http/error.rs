@@ -12,6 +12,7 @@ impl RegistryError {
         use RegistryError::*;
         match self {
             BlobUnknown(_) => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
+            BlobUnknownUpstream(_) => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
             BlobUploadInvalid(_) => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST),
             BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND),
             UploadOutOfOrder { .. } => ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),

@@ -400,7 +400,7 @@ impl Mirrors {
             return Ok((MirrorBlob::Cached(dl), "hit"));
         }
         let what = format!("{}/{up}@{digest}", m.name);
-        let missing = |_| RegistryError::BlobUnknown(digest.clone());
+        let missing = RegistryError::BlobUnknownUpstream;
         if head {
             let resp = m
                 .upstream

@@ -9,6 +9,9 @@ use crate::store::StoreError;
 pub enum RegistryError {
     #[error("blob unknown to registry: {0}")]
     BlobUnknown(Digest),
+    /// A mirror's upstream could not provide the blob; the message says why (missing, refused access, …).
+    #[error("blob unknown: {0}")]
+    BlobUnknownUpstream(String),
     #[error("blob upload invalid: {0}")]
     BlobUploadInvalid(String),
     #[error("blob upload unknown to registry")]
