@@ -129,16 +129,12 @@ impl Mirror {
         RepoName::in_mirror(&self.name, upstream)
     }
 
-    fn refused(&self) -> RegistryError {
+    /// The error a write to this mirror gets.
+    pub fn read_only_error(&self) -> RegistryError {
         RegistryError::Unsupported(format!(
             "{} is a read-only mirror of {}; push to a private repository instead",
             self.name, self.upstream_url
         ))
-    }
-
-    /// The error a write to this mirror gets.
-    pub fn read_only_error(&self) -> RegistryError {
-        self.refused()
     }
 }
 
