@@ -207,6 +207,42 @@ fn insert_blob(conn: &Connection, digest: &str, size: u64) -> rusqlite::Result<(
     Ok(())
 }
 
+/// Inserts a manifest's blob row and its manifest row (both idempotent: same digest, same bytes).
+fn insert_manifest(
+    conn: &Connection,
+    repo: i64,
+    rec: &ManifestRecord,
+    t: i64,
+) -> rusqlite::Result<()> {
+    let digest = rec.digest.to_string();
+    insert_blob(conn, &digest, rec.size)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO manifest (repo, digest, media_type, artifact_type, subject, size, annotations, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        repo,
+        digest,
+        rec.media_type,
+        rec.artifact_type,
+        rec.subject.as_ref().map(|s| s.to_string()),
+        rec.size as i64,
+        rec.annotations,
+        t
+    ])?;
+    Ok(())
+}
+
+/// Points a tag at a manifest (creating or moving it) and stamps the time.
+fn set_tag(conn: &Connection, repo: i64, tag: &str, digest: &str, t: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO tag (repo, name, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repo, name) DO UPDATE SET manifest = excluded.manifest, updated_at = excluded.updated_at",
+    )?
+    .execute(params![repo, tag, digest, t])?;
+    Ok(())
+}
+
 fn parse_digest(s: String) -> Result<Digest, MetaError> {
     s.parse()
         .map_err(|e| MetaError::Corrupt(format!("bad digest {s:?} in database: {e}")))
@@ -416,21 +452,7 @@ impl MetadataStore for SqliteMetadataStore {
             let rec = &m.record;
             let digest = rec.digest.to_string();
             let t = now();
-            insert_blob(&tx, &digest, rec.size)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO manifest (repo, digest, media_type, artifact_type, subject, size, annotations, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                id,
-                digest,
-                rec.media_type,
-                rec.artifact_type,
-                rec.subject.as_ref().map(|s| s.to_string()),
-                rec.size as i64,
-                rec.annotations,
-                t
-            ])?;
+            insert_manifest(&tx, id, rec, t)?;
             {
                 let mut ins = tx.prepare_cached(
                     "INSERT OR IGNORE INTO manifest_ref (repo, manifest, child, kind) VALUES (?1, ?2, ?3, ?4)",
@@ -438,12 +460,8 @@ impl MetadataStore for SqliteMetadataStore {
                 for r in &m.refs {
                     ins.execute(params![id, digest, r.digest.to_string(), r.kind.as_str()])?;
                 }
-                let mut tag = tx.prepare_cached(
-                    "INSERT INTO tag (repo, name, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (repo, name) DO UPDATE SET manifest = excluded.manifest, updated_at = excluded.updated_at",
-                )?;
                 for t_name in &m.tags {
-                    tag.execute(params![id, t_name.as_str(), digest, t])?;
+                    set_tag(&tx, id, t_name.as_str(), &digest, t)?;
                 }
             }
             tx.commit()?;
@@ -613,27 +631,9 @@ impl MetadataStore for SqliteMetadataStore {
             let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
             let digest = rec.digest.to_string();
             let t = now();
-            insert_blob(&tx, &digest, rec.size)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO manifest (repo, digest, media_type, artifact_type, subject, size, annotations, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                id,
-                digest,
-                rec.media_type,
-                rec.artifact_type,
-                rec.subject.as_ref().map(|s| s.to_string()),
-                rec.size as i64,
-                rec.annotations,
-                t
-            ])?;
+            insert_manifest(&tx, id, &rec, t)?;
             if let Some(tag) = tag {
-                tx.prepare_cached(
-                    "INSERT INTO tag (repo, name, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (repo, name) DO UPDATE SET manifest = excluded.manifest, updated_at = excluded.updated_at",
-                )?
-                .execute(params![id, tag, digest, t])?;
+                set_tag(&tx, id, &tag, &digest, t)?;
             }
             tx.commit()?;
             Ok(())
