@@ -1,6 +1,7 @@
 //! SQLite metadata store (single-node shape). WAL mode: readers never block the writer; SQLite serialises writers,
 //! and every invariant-bearing write is one `BEGIN IMMEDIATE` transaction, so checks and writes cannot interleave.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use super::{
 use crate::oci::{Digest, RepoName, name::Tag};
 
 /// Versioned schema; `user_version` records how far a database has been migrated.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE repository (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -72,7 +74,19 @@ CREATE TABLE upload (
     algorithm TEXT NOT NULL,
     started_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // Tag lists are served from memory while a repository's tag_version is unchanged; triggers keep it exact
+    // whoever writes (this process, the CLI, a later replica).
+    r#"
+ALTER TABLE repository ADD COLUMN tag_version INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER tag_added AFTER INSERT ON tag BEGIN
+    UPDATE repository SET tag_version = tag_version + 1 WHERE id = NEW.repo;
+END;
+CREATE TRIGGER tag_removed AFTER DELETE ON tag BEGIN
+    UPDATE repository SET tag_version = tag_version + 1 WHERE id = OLD.repo;
+END;
+"#,
+];
 
 /// How much SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -84,7 +98,14 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Repositories whose tag list is kept in memory at most (the cache is dropped whole when full).
+const TAG_LIST_CACHE_REPOS: usize = 1024;
+
+/// Tag lists by repository name, with the `tag_version` they were read at.
+type TagLists = Arc<Mutex<HashMap<String, (i64, Arc<Vec<String>>)>>>;
+
 pub struct SqliteMetadataStore {
+    tag_lists: TagLists,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
@@ -134,6 +155,7 @@ impl SqliteMetadataStore {
         configure(&writer, synchronous)?;
         migrate(&mut writer)?;
         Ok(SqliteMetadataStore {
+            tag_lists: Default::default(),
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
@@ -558,18 +580,51 @@ impl MetadataStore for SqliteMetadataStore {
     ) -> Result<Option<Vec<String>>, MetaError> {
         let repo = repo.to_string();
         let page = page.clone();
+        let cache = self.tag_lists.clone();
         self.read(move |conn| {
-            let Some(id) = repo_id(conn, &repo)? else {
+            // Version first, then the list: a list cached under a version is never older than that version.
+            let row: Option<(i64, i64)> = conn
+                .prepare_cached("SELECT id, tag_version FROM repository WHERE name = ?1")?
+                .query_row([&repo], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((id, version)) = row else {
                 return Ok(None);
             };
-            paged(
-                conn,
-                "SELECT name FROM tag WHERE repo = ?3",
-                "name",
-                Some(id),
-                &page,
-            )
-            .map(Some)
+            let cached = cache
+                .lock()
+                .get(&repo)
+                .filter(|(v, _)| *v == version)
+                .map(|(_, t)| t.clone());
+            let tags = match cached {
+                Some(t) => t,
+                None => {
+                    let all = Page {
+                        n: None,
+                        last: None,
+                    };
+                    let t = Arc::new(paged(
+                        conn,
+                        "SELECT name FROM tag WHERE repo = ?3",
+                        "name",
+                        Some(id),
+                        &all,
+                    )?);
+                    let mut c = cache.lock();
+                    if c.len() >= TAG_LIST_CACHE_REPOS {
+                        c.clear();
+                    }
+                    c.insert(repo, (version, t.clone()));
+                    t
+                }
+            };
+            let start = page
+                .last
+                .as_ref()
+                .map_or(0, |l| tags.partition_point(|t| t <= l));
+            let end = page
+                .n
+                .map_or(tags.len(), |n| tags.len().min(start.saturating_add(n)));
+            Ok(Some(tags[start..end.max(start)].to_vec()))
         })
         .await
     }
