@@ -284,6 +284,11 @@ fn assert_refused(o: &upstream::Outcome, what: &str) {
         "{what}: expected 405 UNSUPPORTED or 403 DENIED, got {}",
         o.describe()
     );
+    assert_eq!(
+        o.header("oci-namespace").as_deref(),
+        Some("up"),
+        "{what}: a refusal names the mirror that refused"
+    );
 }
 
 async fn assert_writes_refused(base: &str, repo: &str, query: &str, img: &TestImage) {

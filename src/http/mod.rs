@@ -200,7 +200,10 @@ async fn route(state: &AppState, req: Request) -> Result<Response> {
             .route(name, param(&q, "ns"))
             .or_else(|| state.default_mirror.clone().map(|m| (m, name)));
         if let Some((m, upstream_name)) = routed {
-            let mut resp = route_mirror(state, &m, upstream_name, &ep, req).await?;
+            // Errors too say which namespace answered (distribution spec, "Registry Proxying").
+            let mut resp = route_mirror(state, &m, upstream_name, &ep, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
             resp.headers_mut().insert(OCI_NAMESPACE, hv(&m.name));
             return Ok(resp);
         }
