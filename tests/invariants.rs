@@ -46,6 +46,11 @@ async fn put_manifest(
         .unwrap()
 }
 
+/// A bodiless request.
+async fn call(method: reqwest::Method, url: String) -> reqwest::Response {
+    client().request(method, url).send().await.unwrap()
+}
+
 async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
     v["errors"][0]["code"]
@@ -71,11 +76,8 @@ async fn invariant1_no_dangling_references() {
     let r = put_manifest(&base, repo, "broken", OCI_MANIFEST, &bad).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
-    let tags: serde_json::Value = client()
-        .get(format!("{base}/v2/{repo}/tags/list"))
-        .send()
+    let tags: serde_json::Value = call(reqwest::Method::GET, format!("{base}/v2/{repo}/tags/list"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -120,51 +122,48 @@ async fn invariant1_no_dangling_references() {
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
 
     // Referenced content cannot be deleted from under its referrer (distribution #3324).
-    let r = client()
-        .delete(format!("{base}/v2/{repo}/blobs/{ld}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("{base}/v2/{repo}/blobs/{ld}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "DENIED");
-    let r = client()
-        .delete(format!("{base}/v2/{repo}/manifests/{md}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("{base}/v2/{repo}/manifests/{md}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = client()
-        .get(format!("{base}/v2/{repo}/manifests/multi"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::GET,
+        format!("{base}/v2/{repo}/manifests/multi"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Deleting top-down works, and each tag disappears with its manifest.
     let id = sha256_digest(&index);
-    let r = client()
-        .delete(format!("{base}/v2/{repo}/manifests/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("{base}/v2/{repo}/manifests/{id}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client()
-        .delete(format!("{base}/v2/{repo}/manifests/{md}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("{base}/v2/{repo}/manifests/{md}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client()
-        .delete(format!("{base}/v2/{repo}/blobs/{ld}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::DELETE,
+        format!("{base}/v2/{repo}/blobs/{ld}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let tags: serde_json::Value = client()
-        .get(format!("{base}/v2/{repo}/tags/list"))
-        .send()
+    let tags: serde_json::Value = call(reqwest::Method::GET, format!("{base}/v2/{repo}/tags/list"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -188,11 +187,7 @@ async fn invariant2_damaged_blob_is_never_served_short() {
     let base = b.url();
     let data = vec![7u8; 100_000];
     let d = push_blob(&base, "inv/two", &data).await;
-    let r = client()
-        .get(format!("{base}/v2/inv/two/blobs/{d}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(reqwest::Method::GET, format!("{base}/v2/inv/two/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().len(), data.len());
 
@@ -201,11 +196,7 @@ async fn invariant2_damaged_blob_is_never_served_short() {
         .open(blob_file(&b, &d))
         .unwrap();
     f.set_len(10).unwrap();
-    let r = client()
-        .get(format!("{base}/v2/inv/two/blobs/{d}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(reqwest::Method::GET, format!("{base}/v2/inv/two/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let r = client()
         .get(format!("{base}/v2/inv/two/blobs/{d}"))
@@ -230,11 +221,11 @@ async fn invariant2_wrong_digest_publishes_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    let r = client()
-        .head(format!("{base}/v2/inv/two/blobs/{claimed}"))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        reqwest::Method::HEAD,
+        format!("{base}/v2/inv/two/blobs/{claimed}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!blob_file(&b, &claimed).exists());
     let actual = sha256_digest(b"something else");
@@ -275,7 +266,7 @@ async fn invariant7_restart_reclaims_leftovers_and_resumes_uploads() {
     assert!(!b.data_dir.join("tmp").join("stray").exists());
     assert!(!b.data_dir.join("uploads").join("0123456789abcdef").exists());
 
-    let st = client().get(format!("{base}{loc}")).send().await.unwrap();
+    let st = call(reqwest::Method::GET, format!("{base}{loc}")).await;
     assert_eq!(st.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         st.headers()["range"],
@@ -296,13 +287,13 @@ async fn invariant7_restart_reclaims_leftovers_and_resumes_uploads() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = client()
-        .get(format!("{base}/v2/inv/seven/blobs/{d}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = call(
+        reqwest::Method::GET,
+        format!("{base}/v2/inv/seven/blobs/{d}"),
+    )
+    .await
+    .bytes()
+    .await
+    .unwrap();
     assert_eq!(sha256_digest(&got), d);
 }

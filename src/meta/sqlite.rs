@@ -265,6 +265,15 @@ fn set_tag(conn: &Connection, repo: i64, tag: &str, digest: &str, t: i64) -> rus
     Ok(())
 }
 
+/// Makes a blob visible in a repository (idempotent).
+fn link_blob(conn: &Connection, repo: i64, digest: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![repo, digest, now()])?;
+    Ok(())
+}
+
 fn parse_digest(s: String) -> Result<Digest, MetaError> {
     s.parse()
         .map_err(|e| MetaError::Corrupt(format!("bad digest {s:?} in database: {e}")))
@@ -341,10 +350,7 @@ impl MetadataStore for SqliteMetadataStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let id = ensure_repo(&tx, &repo)?;
             insert_blob(&tx, &digest, size)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![id, digest, now()])?;
+            link_blob(&tx, id, &digest)?;
             tx.commit()?;
             Ok(())
         })
@@ -397,10 +403,7 @@ impl MetadataStore for SqliteMetadataStore {
             };
             let Some(size) = size else { return Ok(None) };
             let id = ensure_repo(&tx, &repo)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![id, digest, now()])?;
+            link_blob(&tx, id, &digest)?;
             tx.commit()?;
             Ok(Some(size as u64))
         })
@@ -740,10 +743,7 @@ impl MetadataStore for SqliteMetadataStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
             insert_blob(&tx, &digest, size)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![id, digest, now()])?;
+            link_blob(&tx, id, &digest)?;
             tx.commit()?;
             Ok(())
         })
@@ -769,10 +769,7 @@ impl MetadataStore for SqliteMetadataStore {
                 .optional()?;
             let Some(size) = size else { return Ok(None) };
             let id = ensure_mirror_repo(&tx, &repo, &mirror)?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO repo_blob (repo, digest, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![id, digest, now()])?;
+            link_blob(&tx, id, &digest)?;
             tx.commit()?;
             Ok(Some(size as u64))
         })

@@ -18,7 +18,7 @@ use crate::registry::{BlobDownload, ByteRange, Registry, RegistryError, StoredMa
 use crate::store::ByteStream;
 pub use eviction::EvictionPass;
 use fetch::{Fetch, FetchState};
-use upstream::{MANIFEST_ACCEPT, Upstream, UpstreamError};
+use upstream::{Upstream, UpstreamError};
 
 /// A resolved mirror manifest: its record when the lookup already produced it, else its digest.
 enum Found {
@@ -246,19 +246,9 @@ impl Mirrors {
     ) -> Result<Digest, UpstreamError> {
         let resp = m
             .upstream
-            .request(
-                reqwest::Method::HEAD,
-                up.as_str(),
-                &format!("manifests/{tag}"),
-                Some(MANIFEST_ACCEPT),
-                "manifest",
-            )
+            .manifest(reqwest::Method::HEAD, up, tag.as_str())
             .await?;
-        let upstream_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
+        let upstream_digest = Upstream::content_digest(&resp);
         if upstream_digest.as_ref() == Some(&cached.digest) {
             self.registry
                 .metadata_store()
@@ -292,19 +282,9 @@ impl Mirrors {
     ) -> Result<Digest, UpstreamError> {
         let resp = m
             .upstream
-            .request(
-                reqwest::Method::GET,
-                up.as_str(),
-                &format!("manifests/{reference}"),
-                Some(MANIFEST_ACCEPT),
-                "manifest",
-            )
+            .manifest(reqwest::Method::GET, up, reference)
             .await?;
-        let header_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
+        let header_digest = Upstream::content_digest(&resp);
         let content_type = resp
             .headers()
             .get("content-type")

@@ -307,6 +307,33 @@ impl Upstream {
         Err(last)
     }
 
+    /// A manifest request (GET or HEAD) asking for every manifest type, so the upstream never converts.
+    pub async fn manifest(
+        &self,
+        method: Method,
+        repo: &crate::oci::RepoName,
+        reference: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.request(
+            method,
+            repo.as_str(),
+            &format!("manifests/{reference}"),
+            Some(MANIFEST_ACCEPT),
+            "manifest",
+        )
+        .await
+    }
+
+    /// The `Docker-Content-Digest` an upstream announced, if it is a digest berth understands.
+    pub fn content_digest(resp: &reqwest::Response) -> Option<crate::oci::Digest> {
+        resp.headers()
+            .get("docker-content-digest")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+
     /// The `Content-Length` an upstream announced. Read from the header itself: for HEAD responses the client
     /// library reports the (empty) body's length instead.
     pub fn announced_length(resp: &reqwest::Response) -> Option<u64> {
