@@ -19,6 +19,9 @@ pub struct Config {
     /// Pull-through caches of upstream registries (`[[mirror]]` tables). Absent: the four well-known public
     /// registries; `mirror = []` disables mirroring.
     pub mirror: Vec<Mirror>,
+    pub gc: Gc,
+    pub retention: Retention,
+    pub scrub: Scrub,
 }
 
 /// One upstream registry served read-only through berth.
@@ -145,6 +148,9 @@ impl Default for Config {
             storage: Storage::default(),
             limits: Limits::default(),
             log: Log::default(),
+            gc: Gc::default(),
+            retention: Retention::default(),
+            scrub: Scrub::default(),
             mirror: vec![
                 Mirror::new("docker.io", "https://registry-1.docker.io", &["hub"]),
                 Mirror::new("ghcr.io", "https://ghcr.io", &[]),
@@ -242,6 +248,120 @@ impl Default for Limits {
     }
 }
 
+/// Online garbage collection (docs/maintenance.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gc {
+    /// Time between scheduled runs; `0s` turns scheduling off (`berth gc` still works).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Each scheduled run starts up to this much later than the interval says, at random, so replicas and
+    /// neighbours do not all start together.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Nothing pushed, mounted or confirmed by a HEAD within this window is collected.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Untagged manifests that no index or kept subject needs are collected once neither pushed nor pulled for
+    /// this long; unset keeps them forever.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub untagged_ttl: Option<Duration>,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            interval: Duration::from_secs(24 * 3600),
+            jitter: Duration::from_secs(3600),
+            grace: Duration::from_secs(3600),
+            untagged_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// Retention policies and their schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Time between scheduled runs; `0s` turns scheduling off.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Policies, first match wins per repository; repositories no policy matches are left alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<RetentionPolicy>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            interval: Duration::from_secs(24 * 3600),
+            jitter: Duration::from_secs(3600),
+            policy: Vec::new(),
+        }
+    }
+}
+
+/// Which tags and untagged manifests of matching repositories to keep. A tag is kept when any `keep_*` rule
+/// keeps it; the others are deleted (their manifests then become untagged, and garbage collection reclaims them).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Repository globs (`*` matches any characters, `/` included), e.g. `["team/*", "ci-cache"]`.
+    pub repositories: Vec<String>,
+    /// Keep the newest N tags by push time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_newest: Option<usize>,
+    /// Always keep tags matching one of these: a tag name, a glob (`v*`), `semver` (e.g. `1.2.3`, `v2.0.0-rc1`), or
+    /// `regex:EXPR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tags: Vec<String>,
+    /// Keep tags whose image was pulled within this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keep_pulled_within: Option<Duration>,
+    /// Delete untagged manifests (that no index or subject needs) older than this, neither pushed nor pulled since.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_untagged_after: Option<Duration>,
+    /// Only report what would be deleted.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The integrity scrubber and its schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scrub {
+    /// Time between scheduled runs; `0s` turns scheduling off (`berth scrub` still works).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Scheduled runs re-hash every byte (otherwise they check presence and size).
+    pub deep: bool,
+    /// Bytes per second a scheduled deep scrub may read; `0 B` is unlimited.
+    pub max_rate: ByteSize,
+}
+
+impl Default for Scrub {
+    fn default() -> Self {
+        Scrub {
+            interval: Duration::from_secs(24 * 3600),
+            jitter: Duration::from_secs(3600),
+            deep: false,
+            max_rate: ByteSize::mib(50),
+        }
+    }
+}
+
 impl Default for Log {
     fn default() -> Self {
         Log {
@@ -284,6 +404,40 @@ upload_expiry = "24h"
 format = "human"
 # A tracing filter, e.g. "info" or "berth=debug". RUST_LOG overrides it.
 level = "info"
+
+[gc]
+# Online garbage collection: untagged, unreferenced content is swept while the registry serves.
+# Time between scheduled runs ("0s": only `berth gc`), and a random delay of up to `jitter` added to each.
+interval = "1day"
+jitter = "1h"
+# Nothing pushed, mounted or confirmed by a HEAD within this window is collected.
+grace = "1h"
+# Untagged manifests (not listed by an index, not referring to a kept subject) go once neither pushed nor
+# pulled for this long. Remove the key to keep them forever.
+untagged_ttl = "7days"
+
+[retention]
+# Scheduled retention runs ("0s": only `berth retention`). Without policies nothing is deleted.
+interval = "1day"
+jitter = "1h"
+# Policies, first match wins per repository. A tag is kept when any keep_* rule keeps it. For example,
+# the newest 10 tags plus `latest` everywhere:
+# [[retention.policy]]
+# repositories = ["*"]
+# keep_newest = 10
+# keep_tags = ["latest"]          # names, globs ("v*"), "semver", or "regex:^release-"
+# keep_pulled_within = "30days"
+# delete_untagged_after = "14days"
+# dry_run = true                  # only report, until you trust it
+
+[scrub]
+# Integrity scrub: repositories -> tags -> manifests -> references -> blobs.
+interval = "1day"
+jitter = "1h"
+# Scheduled runs re-hash every byte (true) or check presence and size (false).
+deep = false
+# Bytes per second a scheduled deep scrub may read ("0 B": unlimited).
+max_rate = "50.0 MiB"
 
 # Pull-through caches. Clients reach a mirror by path prefix (/v2/docker.io/library/alpine/...), by containerd's
 # ?ns=<host> (hosts.toml mirrors), or through an alias. Mirrors are read-only: pushes and deletes are refused.

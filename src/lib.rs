@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod http;
+pub mod maint;
 pub mod meta;
 pub mod metrics;
 pub mod mirror;

@@ -36,6 +36,28 @@ struct ServeArgs {
     mirrors: Vec<String>,
 }
 
+/// Where the data is, for commands that work on a data directory.
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Config file (TOML), as for `serve`.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (replaces storage.data_dir).
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            config.storage.data_dir = d.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry server.
@@ -44,6 +66,55 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Garbage-collect unreferenced manifests and blobs (safe while the server runs).
+    Gc {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Override gc.grace, e.g. 1s (for tests and emergencies).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Apply the retention policies (safe while the server runs).
+    Retention {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the decisions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the integrity of every repository and blob; exits 1 when problems are found.
+    Scrub {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Re-hash every byte (otherwise check presence and size).
+        #[arg(long)]
+        deep: bool,
+        /// Bytes per second to hash at most, e.g. 100MiB (default: unlimited).
+        #[arg(long)]
+        max_rate: Option<bytesize::ByteSize>,
+        /// Do not drop damaged mirror cache entries; only report them.
+        #[arg(long)]
+        report_only: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what is stored and the latest maintenance runs.
+    Status {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Mirror helpers.
     Mirror {
@@ -124,6 +195,21 @@ fn prefetch(
     Ok(())
 }
 
+/// Runs a maintenance command on a small runtime, logging warnings and errors to stderr.
+fn maintenance<T>(
+    data: &DataArgs,
+    f: impl AsyncFnOnce(Config) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut config = data.load()?;
+    config.log.level = "warn".into();
+    init_logging(&config);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f(config))
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
@@ -165,6 +251,37 @@ fn main() -> ExitCode {
                     images,
                 },
         } => prefetch(&server, &images, &platforms, quiet),
+        Command::Gc {
+            data,
+            dry_run,
+            json,
+            grace,
+        } => maintenance(&data, async |c| {
+            berth::maint::cli::gc(&c, grace, dry_run, json).await
+        }),
+        Command::Retention {
+            data,
+            dry_run,
+            json,
+        } => maintenance(&data, async |c| {
+            berth::maint::cli::retention(&c, dry_run, json).await
+        }),
+        Command::Scrub {
+            data,
+            deep,
+            max_rate,
+            report_only,
+            json,
+        } => match maintenance(&data, async |c| {
+            berth::maint::cli::scrub(&c, deep, max_rate.map(|r| r.as_u64()), report_only, json).await
+        }) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Status { data, json } => maintenance(&data, async |c| {
+            berth::maint::cli::status(&c, json).await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,30 @@ pub struct MirrorName {
     pub mirror: String,
 }
 
+/// A maintenance job: `gc`, `retention` or `scrub`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobOutcome {
+    pub job: &'static str,
+    /// `ok`, `problems` (scrub found some) or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectKind {
+    /// `manifest`, `link`, `blob` or `tag`.
+    pub object: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemKind {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
     pub version: &'static str,
@@ -46,6 +70,14 @@ pub struct Metrics {
     pub mirror_upstream_fetches: Family<MirrorName, Counter>,
     pub mirror_evictions: Family<MirrorName, Counter>,
     pub mirror_cache_bytes: Family<MirrorName, Gauge>,
+    pub maint_runs: Family<JobOutcome, Counter>,
+    pub maint_last_success: Family<JobLabel, Gauge>,
+    pub gc_deleted: Family<ObjectKind, Counter>,
+    pub gc_reclaimed_bytes: Counter,
+    pub retention_deleted: Family<ObjectKind, Counter>,
+    pub scrub_problems: Family<ProblemKind, Gauge>,
+    pub scrub_checked: Counter,
+    pub scrub_repaired: Counter,
 }
 
 fn new_histogram() -> Histogram {
@@ -100,6 +132,54 @@ impl Metrics {
             "Bytes of blobs cached per mirror, as of the last eviction check",
             mirror_cache_bytes.clone(),
         );
+        let maint_runs = Family::<JobOutcome, Counter>::default();
+        registry.register(
+            "maintenance_runs",
+            "Maintenance runs by job (gc, retention, scrub) and outcome (ok, problems, failed)",
+            maint_runs.clone(),
+        );
+        let maint_last_success = Family::<JobLabel, Gauge>::default();
+        registry.register(
+            "maintenance_last_success_timestamp_seconds",
+            "Unix time of the last run of each job that finished without error (scrub: without problems)",
+            maint_last_success.clone(),
+        );
+        let gc_deleted = Family::<ObjectKind, Counter>::default();
+        registry.register(
+            "gc_deleted",
+            "Objects deleted by garbage collection (manifest, link, blob)",
+            gc_deleted.clone(),
+        );
+        let gc_reclaimed_bytes = Counter::default();
+        registry.register(
+            "gc_reclaimed_bytes",
+            "Bytes of blobs deleted by garbage collection",
+            gc_reclaimed_bytes.clone(),
+        );
+        let retention_deleted = Family::<ObjectKind, Counter>::default();
+        registry.register(
+            "retention_deleted",
+            "Tags and untagged manifests deleted by retention policies",
+            retention_deleted.clone(),
+        );
+        let scrub_problems = Family::<ProblemKind, Gauge>::default();
+        registry.register(
+            "scrub_problems",
+            "Problems the last scrub found, by kind",
+            scrub_problems.clone(),
+        );
+        let scrub_checked = Counter::default();
+        registry.register(
+            "scrub_objects_checked",
+            "Objects (manifests, references, blobs) the scrubber checked",
+            scrub_checked.clone(),
+        );
+        let scrub_repaired = Counter::default();
+        registry.register(
+            "scrub_repaired",
+            "Damaged mirror cache entries the scrubber dropped so they are fetched again",
+            scrub_repaired.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -116,6 +196,14 @@ impl Metrics {
             mirror_upstream_fetches,
             mirror_evictions,
             mirror_cache_bytes,
+            maint_runs,
+            maint_last_success,
+            gc_deleted,
+            gc_reclaimed_bytes,
+            retention_deleted,
+            scrub_problems,
+            scrub_checked,
+            scrub_repaired,
         }
     }
 

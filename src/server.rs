@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::maint::Maintenance;
 use crate::meta::sqlite::SqliteMetadataStore;
 use crate::registry::{Limits, Registry};
 use crate::store::fs::FsBlobStore;
@@ -16,8 +17,15 @@ use crate::store::fs::FsBlobStore;
 /// How often expired upload sessions are looked for.
 const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Opens the single-node stores under the data directory.
-pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+/// The registry and its maintenance jobs over one data directory.
+pub struct Opened {
+    pub registry: Arc<Registry>,
+    pub maintenance: Arc<Maintenance>,
+}
+
+/// Opens the single-node stores under the data directory. The server and the maintenance commands open them the
+/// same way, so they share the cross-process digest lock file.
+pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
@@ -29,7 +37,16 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
     };
-    Ok(Registry::new(Arc::new(blobs), Arc::new(meta), limits))
+    let meta = Arc::new(meta);
+    let registry = Arc::new(
+        Registry::new(Arc::new(blobs), meta.clone(), limits)
+            .with_lock_file(dir.join("digest.locks")),
+    );
+    let maintenance = Arc::new(Maintenance::new(registry.clone(), meta));
+    Ok(Opened {
+        registry,
+        maintenance,
+    })
 }
 
 /// Binds a listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can both be bound.
@@ -75,7 +92,11 @@ async fn shutdown_signal() {
 
 /// Runs the server until a shutdown signal, then lets in-flight requests finish (up to the configured timeout).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let registry = Arc::new(open_registry(&config)?);
+    let policies = crate::maint::retention::compile_all(&config.retention.policy)?;
+    let Opened {
+        registry,
+        maintenance,
+    } = open(&config)?;
     registry
         .reclaim_after_restart()
         .await
@@ -89,6 +110,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
     mirrors.start_eviction();
+    crate::maint::scheduler::start(maintenance, &config, policies);
     let state = crate::http::AppState {
         registry: registry.clone(),
         mirrors: mirrors.clone(),
@@ -166,6 +188,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     sweeper.abort();
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "cannot record pull times");
+    }
     let _ = stop_tx.send(true);
     let drain = async {
         while let Some(res) = servers.join_next().await {

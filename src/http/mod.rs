@@ -443,7 +443,7 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
 
 async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> Result<Response> {
     if req.method() == Method::HEAD {
-        let size = reg.blob_size(repo, d).await?;
+        let size = reg.head_blob(repo, d).await?;
         return Ok(blob_response(d, Some(size), Body::empty(), StatusCode::OK));
     }
     let range = byte_range(req.headers());

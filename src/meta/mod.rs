@@ -2,7 +2,9 @@
 //! respect to the invariants (§5) is one method here, implemented as one transaction by each backend, so the domain
 //! never composes multi-step writes that could interleave with another request.
 
+pub mod maint;
 pub mod sqlite;
+mod sqlite_maint;
 
 use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
 
@@ -251,6 +253,13 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Whether a blob row exists (the bytes must then stay).
     async fn blob_exists(&self, digest: &Digest) -> Result<bool, MetaError>;
+
+    /// Records that these manifests were pulled at `at` (unix seconds).
+    async fn record_pulls(&self, pulls: Vec<(RepoName, Digest)>, at: i64) -> Result<(), MetaError>;
+
+    /// Marks a blob link as just confirmed to a client (a HEAD during a push), which restarts its garbage
+    /// collection grace period: the client will now reference it instead of uploading it.
+    async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError>;
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError>;

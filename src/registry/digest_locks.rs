@@ -1,41 +1,123 @@
 //! Per-digest locks that make "publish bytes, then commit the row" and "delete the row, then the bytes" mutually
-//! exclusive for the same digest within this process. Without them a deletion (mirror eviction) could check that
-//! no row exists, a concurrent push could publish and commit, and the deletion would then remove bytes that a
-//! committed row points at — the 200-with-0-bytes failure berth exists to prevent.
+//! exclusive for the same digest. Without them a deletion (garbage collection, mirror eviction) could check that no
+//! row exists, a concurrent push could publish and commit, and the deletion would then remove bytes that a committed
+//! row points at — the 200-with-0-bytes failure berth exists to prevent.
+//!
+//! Two layers: an async mutex per digest inside this process, then (when the registry has a lock file) a Linux
+//! open-file-description lock on one byte of that file chosen by the digest, which excludes other processes on the
+//! same data directory — `berth gc` from the command line while the server runs is exactly as safe as the server's
+//! own scheduled run. OFD locks belong to the open file, not the process, and vanish when the holder dies, so a
+//! `kill -9` never leaves a digest locked.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::oci::Digest;
 
+/// Bytes of the lock file digests are spread over; two digests share a stripe with probability 2^-20.
+const STRIPES: u64 = 1 << 20;
+
 #[derive(Default)]
-pub struct DigestLocks(Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
+pub struct DigestLocks {
+    held: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    file: Option<PathBuf>,
+}
 
 /// Held while a digest's bytes and row change together; released on drop.
 pub struct DigestGuard<'a> {
     locks: &'a DigestLocks,
     digest: Digest,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The open lock file whose stripe this guard holds; closing it releases the lock.
+    _stripe: Option<std::fs::File>,
 }
 
 impl DigestLocks {
+    /// Locks that also exclude other processes using the same `file`.
+    pub fn shared_with_processes(file: PathBuf) -> DigestLocks {
+        DigestLocks {
+            held: Mutex::default(),
+            file: Some(file),
+        }
+    }
+
     pub async fn lock(&self, digest: &Digest) -> DigestGuard<'_> {
-        let m = self.0.lock().entry(digest.clone()).or_default().clone();
+        let m = self.held.lock().entry(digest.clone()).or_default().clone();
         let guard = m.lock_owned().await;
+        let stripe = match &self.file {
+            Some(path) => lock_stripe(path, digest).await,
+            None => None,
+        };
         DigestGuard {
             locks: self,
             digest: digest.clone(),
             guard: Some(guard),
+            _stripe: stripe,
         }
     }
+}
+
+/// Takes the digest's stripe of the lock file, polling while another process holds it (holders keep it for a
+/// rename or an unlink, so waits are short). On an I/O error the in-process lock alone is kept, and logged.
+async fn lock_stripe(path: &std::path::Path, digest: &Digest) -> Option<std::fs::File> {
+    let stripe = u64::from_str_radix(&digest.hex()[..16], 16).unwrap_or(0) % STRIPES;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match try_lock_stripe(path, stripe) {
+            Ok(Some(f)) => return Some(f),
+            Ok(None) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot take the cross-process digest lock");
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn try_lock_stripe(path: &std::path::Path, stripe: u64) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: an all-zero `flock` is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = stripe as libc::off_t;
+    fl.l_len = 1;
+    // SAFETY: `f` is an open descriptor and `fl` a valid, initialised flock for the duration of the call.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Elsewhere only one process may use a data directory at a time; the in-process lock is the whole story.
+#[cfg(not(target_os = "linux"))]
+fn try_lock_stripe(_path: &std::path::Path, _stripe: u64) -> std::io::Result<Option<std::fs::File>> {
+    Err(std::io::Error::other("cross-process digest locks need Linux"))
 }
 
 impl Drop for DigestGuard<'_> {
     fn drop(&mut self) {
         self.guard.take();
-        let mut map = self.locks.0.lock();
+        let mut map = self.locks.held.lock();
         // Forget the entry once nobody holds or waits for it, so the map stays as small as the work in flight.
         if map
             .get(&self.digest)
@@ -64,6 +146,25 @@ mod tests {
         assert!(!waiter.is_finished(), "second holder must wait");
         drop(g);
         waiter.await.unwrap();
-        assert!(locks.0.lock().is_empty());
+        assert!(locks.held.lock().is_empty());
+    }
+
+    /// Two lock sets on the same file stand for two processes: the stripe excludes across them.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn lock_file_excludes_another_lock_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(DigestLocks::shared_with_processes(dir.path().join("locks")));
+        let b = Arc::new(DigestLocks::shared_with_processes(dir.path().join("locks")));
+        let d = Digest::of(crate::oci::Algorithm::Sha256, b"y");
+        let g = a.lock(&d).await;
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move {
+            let _g = b.lock(&d2).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the other lock set must wait");
+        drop(g);
+        waiter.await.unwrap();
     }
 }

@@ -174,7 +174,10 @@ impl Registry {
             Reference::Tag(t) => self.meta.tagged_manifest(repo, t).await?,
             Reference::Digest(d) => self.meta.manifest(repo, d).await?,
         };
-        rec.ok_or_else(|| RegistryError::ManifestUnknown(format!("{repo}:{reference}")))
+        let rec =
+            rec.ok_or_else(|| RegistryError::ManifestUnknown(format!("{repo}:{reference}")))?;
+        self.record_pull(repo, &rec.digest);
+        Ok(rec)
     }
 
     /// A manifest with its bytes, if its media type is acceptable to the client.

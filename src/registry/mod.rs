@@ -6,8 +6,11 @@ mod error;
 mod manifests;
 mod uploads;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 pub use digest_locks::{DigestGuard, DigestLocks};
 pub use error::RegistryError;
@@ -25,6 +28,9 @@ pub struct Limits {
     pub upload_expiry: Duration,
 }
 
+/// Distinct pulled manifests remembered between flushes; beyond this, pulls go unrecorded until the next flush.
+const MAX_PENDING_PULLS: usize = 100_000;
+
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetadataStore>,
@@ -32,6 +38,8 @@ pub struct Registry {
     uploads: uploads::UploadStates,
     manifests: ManifestCache,
     digest_locks: DigestLocks,
+    /// Manifests pulled since the last flush; see `flush_pulls`.
+    pulls: Mutex<HashSet<(RepoName, Digest)>>,
 }
 
 /// A blob ready to stream to a client.
@@ -80,7 +88,15 @@ impl Registry {
             uploads: Default::default(),
             manifests: ManifestCache::new(64 << 20),
             digest_locks: DigestLocks::default(),
+            pulls: Default::default(),
         }
+    }
+
+    /// Makes digest locks exclude other processes sharing `file` (the data directory's lock file), so command-line
+    /// maintenance can run beside the server.
+    pub fn with_lock_file(mut self, file: std::path::PathBuf) -> Registry {
+        self.digest_locks = DigestLocks::shared_with_processes(file);
+        self
     }
 
     /// Serialises changes to one digest's bytes and row (see `digest_locks`). Every path that publishes bytes and
@@ -107,6 +123,14 @@ impl Registry {
             .repo_blob(repo, digest)
             .await?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    /// A blob HEAD: its size, and the link's garbage-collection grace period restarts, because a pushing client
+    /// that sees the blob exists will reference it rather than upload it.
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
+        let size = self.blob_size(repo, digest).await?;
+        self.meta.touch_link(repo, digest).await?;
+        Ok(size)
     }
 
     /// Opens a blob visible in `repo`, whole or a range of it. The stored object's real length is checked against the
@@ -182,6 +206,24 @@ impl Registry {
     /// Repository names, paginated.
     pub async fn catalog(&self, page: &Page) -> Result<Vec<String>, RegistryError> {
         Ok(self.meta.list_repositories(page).await?)
+    }
+
+    /// Notes that a manifest was pulled. Pull times feed retention ("pulled within") and keep untagged manifests
+    /// alive; they are written in batches by `flush_pulls`, never on the pull path.
+    pub fn record_pull(&self, repo: &RepoName, digest: &Digest) {
+        let mut p = self.pulls.lock();
+        if p.len() < MAX_PENDING_PULLS {
+            p.insert((repo.clone(), digest.clone()));
+        }
+    }
+
+    /// Writes the pull times gathered since the last call.
+    pub async fn flush_pulls(&self) -> Result<(), RegistryError> {
+        let pulls: Vec<_> = std::mem::take(&mut *self.pulls.lock()).into_iter().collect();
+        if !pulls.is_empty() {
+            self.meta.record_pulls(pulls, crate::meta::now()).await?;
+        }
+        Ok(())
     }
 
     /// Start-up housekeeping after a crash: staging files are dropped, and upload objects that no session owns

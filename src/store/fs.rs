@@ -322,6 +322,36 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn list_blobs(&self) -> Result<Vec<(Digest, i64)>, StoreError> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in std::fs::read_dir(&root)? {
+                let alg = alg?;
+                let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else { continue };
+                for prefix in std::fs::read_dir(alg.path())? {
+                    for f in std::fs::read_dir(prefix?.path())? {
+                        let f = f?;
+                        let name = f.file_name();
+                        // Anything that is not a digest-named file is not ours to judge.
+                        let Some(Ok(d)) = name.to_str().map(|n| format!("{alg_name}:{n}").parse::<Digest>())
+                        else {
+                            continue;
+                        };
+                        let modified = f
+                            .metadata()?
+                            .modified()?
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |t| t.as_secs() as i64);
+                        out.push((d, modified));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError> {
         let dir = self.root.join("tmp");
         blocking(move || {

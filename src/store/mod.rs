@@ -105,6 +105,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a blob's bytes (missing is fine). Callers delete the metadata row first.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
+    /// Every stored blob with its last modification time (unix seconds), for finding files no row holds.
+    async fn list_blobs(&self) -> Result<Vec<(Digest, i64)>, StoreError>;
+
     /// Removes leftovers of interrupted writes (temporary files that were never published).
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError>;
 }

@@ -1,0 +1,106 @@
+//! Runs maintenance inside the server: each job on its interval plus a random jitter, one run of a job at a time,
+//! and the pull-time flusher. A failed run is logged and counted; the next one comes at the next interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+
+use super::gc::GcOptions;
+use super::retention::Policy;
+use super::scrub::ScrubOptions;
+use super::{BYTES_DELAY, Maintenance, Quiet};
+use crate::config::Config;
+
+/// How often pull times are written.
+const PULL_FLUSH: Duration = Duration::from_secs(10);
+
+fn jittered(interval: Duration, jitter: Duration) -> Duration {
+    if jitter.is_zero() {
+        return interval;
+    }
+    interval + Duration::from_millis(rand::rng().random_range(0..=jitter.as_millis() as u64))
+}
+
+/// Repeats `job` every `interval` (+ jitter) until the task is aborted; a zero interval schedules nothing.
+fn every<F, Fut>(name: &'static str, interval: Duration, jitter: Duration, job: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    if interval.is_zero() {
+        tracing::info!(job = name, "scheduled runs are off");
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(jittered(interval, jitter)).await;
+            job().await;
+        }
+    });
+}
+
+/// Starts every scheduled job for the server.
+pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
+    {
+        let m = maint.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PULL_FLUSH);
+            loop {
+                tick.tick().await;
+                if let Err(e) = m.registry().flush_pulls().await {
+                    tracing::warn!(error = %e, "cannot record pull times");
+                }
+                // Bytes of rows deleted by other processes (a `berth gc` from a shell) or by eviction.
+                if let Err(e) = m.delete_tombstoned(BYTES_DELAY).await {
+                    tracing::warn!(error = %e, "cannot delete bytes of removed blobs");
+                }
+            }
+        });
+    }
+    let gc = GcOptions {
+        grace: config.gc.grace,
+        untagged_ttl: config.gc.untagged_ttl,
+        dry_run: false,
+        wait_for_bytes: false,
+    };
+    let m = maint.clone();
+    every("gc", config.gc.interval, config.gc.jitter, move || {
+        let (m, gc) = (m.clone(), gc.clone());
+        async move {
+            if let Err(e) = m.gc(&gc, &Quiet).await {
+                tracing::error!(error = %e, "scheduled garbage collection failed");
+            }
+        }
+    });
+    if !policies.is_empty() {
+        let m = maint.clone();
+        let policies = Arc::new(policies);
+        every(
+            "retention",
+            config.retention.interval,
+            config.retention.jitter,
+            move || {
+                let (m, policies) = (m.clone(), policies.clone());
+                async move {
+                    if let Err(e) = m.retention(&policies, false, &Quiet).await {
+                        tracing::error!(error = %e, "scheduled retention failed");
+                    }
+                }
+            },
+        );
+    }
+    let scrub = ScrubOptions {
+        deep: config.scrub.deep,
+        max_rate: Some(config.scrub.max_rate.as_u64()),
+        report_only: false,
+    };
+    every("scrub", config.scrub.interval, config.scrub.jitter, move || {
+        let (m, scrub) = (maint.clone(), scrub.clone());
+        async move {
+            if let Err(e) = m.scrub(&scrub, &Quiet).await {
+                tracing::error!(error = %e, "scheduled scrub failed");
+            }
+        }
+    });
+}
