@@ -1,0 +1,133 @@
+//! The integrity scrubber (design invariant 8): damage behind berth's back is found with the right kind, private
+//! content is reported and never deleted, a damaged mirror entry is dropped and fetched again, and the exit status
+//! and metrics say so.
+
+mod common;
+#[path = "common/maint.rs"]
+mod maint;
+#[path = "common/spec.rs"]
+mod spec;
+#[path = "common/upstream.rs"]
+mod upstream;
+
+use std::time::{Duration, Instant};
+
+use common::{Berth, client, sha256_digest};
+use spec::{Reg, expect_status};
+use upstream::{Upstream, berth_mirroring, random_bytes};
+
+fn kinds(report: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["digest"].as_str().unwrap().to_owned(),
+                p["kind"].as_str().unwrap().to_owned(),
+                p["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scrub_reports_private_damage_and_repairs_the_mirror_cache() {
+    let up = Upstream::start();
+    let cached = up.put_blob(random_bytes(21, 300_000));
+    let b = berth_mirroring(&up, "up", &[]);
+    let r = Reg::new(b.url(), client());
+    let mirror_blob = format!("/v2/up/team/app/blobs/{cached}");
+    let (_, body) = expect_status(r.get(&mirror_blob).await, 200).await;
+    assert_eq!(sha256_digest(&body), cached);
+    let missing = r.push_image("team/a", "v1", "missing").await;
+    let short = r.push_image("team/b", "v1", "short").await;
+    let flipped = r.push_image("team/c", "v1", "flipped").await;
+
+    let clean = maint::json(&["scrub", "--deep"], &b.config, &b.data_dir, true);
+    assert_eq!(kinds(&clean), vec![]);
+    assert_eq!(clean["blobs"], 10, "{clean}"); // 3 × (manifest, config, layer) + the cached blob
+
+    std::fs::remove_file(maint::blob_file(&b.data_dir, &missing.layer_digest)).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(maint::blob_file(&b.data_dir, &short.layer_digest))
+        .unwrap();
+    f.set_len(3).unwrap();
+    let path = maint::blob_file(&b.data_dir, &flipped.layer_digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(maint::blob_file(&b.data_dir, &cached))
+        .unwrap();
+    f.set_len(1000).unwrap();
+
+    // Fast: presence and size.
+    let fast = maint::json(&["scrub"], &b.config, &b.data_dir, false);
+    assert_eq!(
+        kinds(&fast),
+        {
+            let mut want = vec![
+                (missing.layer_digest.clone(), "missing_bytes".into(), "reported".into()),
+                (short.layer_digest.clone(), "size_mismatch".into(), "reported".into()),
+                (cached.clone(), "size_mismatch".into(), "dropped from cache".into()),
+            ];
+            want.sort();
+            want
+        }
+    );
+    assert_eq!(fast["repaired"], 1);
+
+    // The mirror entry is fetched again, whole; private content was not deleted (its rows are still there).
+    let (_, body) = expect_status(r.get(&mirror_blob).await, 200).await;
+    assert_eq!(sha256_digest(&body), cached);
+    assert_eq!(up.blob_gets("team/app", &cached), 2);
+    for (repo, d) in [("team/a", &missing.layer_digest), ("team/c", &flipped.layer_digest)] {
+        expect_status(r.head(&format!("/v2/{repo}/blobs/{d}")).await, 200).await;
+    }
+
+    // Deep: re-hashes, so the same-size corruption shows too; private problems stay reported.
+    let deep = maint::json(&["scrub", "--deep"], &b.config, &b.data_dir, false);
+    let mut want = vec![
+        (missing.layer_digest.clone(), "missing_bytes".to_string(), "reported".to_string()),
+        (short.layer_digest.clone(), "size_mismatch".into(), "reported".into()),
+        (flipped.layer_digest.clone(), "digest_mismatch".into(), "reported".into()),
+    ];
+    want.sort();
+    assert_eq!(kinds(&deep), want);
+
+    // Human output and exit status for cron.
+    let out = maint::run(&["scrub"], &b.config, &b.data_dir);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("missing_bytes") && text.contains("2 problems"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_scrub_exports_problems_as_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = maint::config(tmp.path(), "");
+    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[scrub]\ninterval = \"0s\"",
+        "[scrub]\ninterval = \"1s\"\njitter = \"0s\"",
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let b = Berth::start_with(&["--config", cfg.to_str().unwrap()]);
+    let r = Reg::new(b.url(), client());
+    let img = r.push_image("app", "v1", "x").await;
+    std::fs::remove_file(maint::blob_file(&b.data_dir, &img.layer_digest)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = r.get("/metrics").await.text().await.unwrap();
+        if m.contains("berth_scrub_problems{kind=\"missing_bytes\"} 1") {
+            assert!(m.contains("berth_maintenance_runs_total{job=\"scrub\",outcome=\"problems\"}"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scrub problem metric:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
