@@ -273,15 +273,16 @@ fn main() -> ExitCode {
             report_only,
             json,
         } => match maintenance(&data, async |c| {
-            berth::maint::cli::scrub(&c, deep, max_rate.map(|r| r.as_u64()), report_only, json).await
+            berth::maint::cli::scrub(&c, deep, max_rate.map(|r| r.as_u64()), report_only, json)
+                .await
         }) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
-        Command::Status { data, json } => maintenance(&data, async |c| {
-            berth::maint::cli::status(&c, json).await
-        }),
+        Command::Status { data, json } => {
+            maintenance(&data, async |c| berth::maint::cli::status(&c, json).await)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,9 +23,16 @@ fn age() {
 }
 
 async fn pulls_whole(r: &Reg, repo: &str, img: &spec::Image) {
-    let (_, body) = expect_status(r.get(&format!("/v2/{repo}/manifests/{}", img.digest)).await, 200).await;
+    let (_, body) = expect_status(
+        r.get(&format!("/v2/{repo}/manifests/{}", img.digest)).await,
+        200,
+    )
+    .await;
     assert_eq!(body, img.body);
-    for (d, bytes) in [(&img.config_digest, &img.config), (&img.layer_digest, &img.layer)] {
+    for (d, bytes) in [
+        (&img.config_digest, &img.config),
+        (&img.layer_digest, &img.layer),
+    ] {
         let (_, got) = expect_status(r.get(&format!("/v2/{repo}/blobs/{d}")).await, 200).await;
         assert_eq!(&got, bytes, "{repo} blob {d}");
     }
@@ -45,8 +52,16 @@ async fn gc_from_the_cli_reclaims_untagged_images_while_the_server_serves() {
     let before = maint::db_dump(&b.data_dir);
     let dry = maint::json(&["gc", "--dry-run"], &cfg, &b.data_dir, true);
     assert_eq!(dry["dry_run"], true);
-    assert_eq!((dry["manifests"].as_u64(), dry["blobs"].as_u64()), (Some(1), Some(3)), "{dry}");
-    assert_eq!(before, maint::db_dump(&b.data_dir), "a dry run changed the metadata");
+    assert_eq!(
+        (dry["manifests"].as_u64(), dry["blobs"].as_u64()),
+        (Some(1), Some(3)),
+        "{dry}"
+    );
+    assert_eq!(
+        before,
+        maint::db_dump(&b.data_dir),
+        "a dry run changed the metadata"
+    );
     assert!(maint::blob_file(&b.data_dir, &old.layer_digest).exists());
 
     let s = maint::json(&["gc"], &cfg, &b.data_dir, true);
@@ -58,16 +73,38 @@ async fn gc_from_the_cli_reclaims_untagged_images_while_the_server_serves() {
     assert_eq!(s["bytes"].as_u64(), Some(expected_bytes), "{s}");
 
     // The server, which kept running, answers from the metadata the CLI changed.
-    expect_error(r.get(&format!("/v2/app/manifests/{}", old.digest)).await, 404, &["MANIFEST_UNKNOWN"]).await;
-    expect_error(r.get(&format!("/v2/app/blobs/{}", old.layer_digest)).await, 404, &["BLOB_UNKNOWN"]).await;
-    expect_status(r.head(&format!("/v2/app/blobs/{}", old.config_digest)).await, 404).await;
-    assert!(!maint::blob_file(&b.data_dir, &old.layer_digest).exists(), "bytes stayed");
+    expect_error(
+        r.get(&format!("/v2/app/manifests/{}", old.digest)).await,
+        404,
+        &["MANIFEST_UNKNOWN"],
+    )
+    .await;
+    expect_error(
+        r.get(&format!("/v2/app/blobs/{}", old.layer_digest)).await,
+        404,
+        &["BLOB_UNKNOWN"],
+    )
+    .await;
+    expect_status(
+        r.head(&format!("/v2/app/blobs/{}", old.config_digest))
+            .await,
+        404,
+    )
+    .await;
+    assert!(
+        !maint::blob_file(&b.data_dir, &old.layer_digest).exists(),
+        "bytes stayed"
+    );
     pulls_whole(&r, "app", &new).await;
     pulls_whole(&r, "other", &other).await;
 
     // A second run finds nothing more.
     let again = maint::json(&["gc"], &cfg, &b.data_dir, true);
-    assert_eq!((again["manifests"].as_u64(), again["blobs"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(
+        (again["manifests"].as_u64(), again["blobs"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
     let scrub = maint::json(&["scrub", "--deep"], &cfg, &b.data_dir, true);
     assert_eq!(scrub["problems"], json!([]));
 }
@@ -113,14 +150,23 @@ async fn index_children_and_referrers_live_and_die_with_the_tag() {
     }))
     .unwrap();
     let sig_digest = spec::sha256(&sig);
-    r.push_manifest("multi", &sig_digest, OCI_MANIFEST, &sig).await;
+    r.push_manifest("multi", &sig_digest, OCI_MANIFEST, &sig)
+        .await;
     age();
 
     let s = maint::json(&["gc"], &cfg, &b.data_dir, true);
-    assert_eq!((s["manifests"].as_u64(), s["blobs"].as_u64()), (Some(0), Some(0)), "tagged index: {s}");
+    assert_eq!(
+        (s["manifests"].as_u64(), s["blobs"].as_u64()),
+        (Some(0), Some(0)),
+        "tagged index: {s}"
+    );
     pulls_whole(&r, "multi", &amd).await;
     pulls_whole(&r, "multi", &arm).await;
-    expect_status(r.get(&format!("/v2/multi/manifests/{sig_digest}")).await, 200).await;
+    expect_status(
+        r.get(&format!("/v2/multi/manifests/{sig_digest}")).await,
+        200,
+    )
+    .await;
 
     expect_status(r.delete("/v2/multi/manifests/1.0").await, 202).await;
     let s = maint::json(&["gc"], &cfg, &b.data_dir, true);
@@ -128,7 +174,12 @@ async fn index_children_and_referrers_live_and_die_with_the_tag() {
     assert_eq!(s["manifests"], 4, "{s}");
     assert_eq!(s["blobs"], 9, "{s}");
     for d in [&index_digest, &amd.digest, &arm.digest, &sig_digest] {
-        expect_error(r.get(&format!("/v2/multi/manifests/{d}")).await, 404, &["MANIFEST_UNKNOWN"]).await;
+        expect_error(
+            r.get(&format!("/v2/multi/manifests/{d}")).await,
+            404,
+            &["MANIFEST_UNKNOWN"],
+        )
+        .await;
     }
 }
 
@@ -146,7 +197,8 @@ async fn orphan_files_are_removed_and_files_of_rows_are_not() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &orphan).unwrap();
     let f = std::fs::File::options().write(true).open(&path).unwrap();
-    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     age();
     let s = maint::json(&["gc"], &cfg, &b.data_dir, true);
     assert_eq!(s["orphan_files"], 1, "{s}");
@@ -175,13 +227,25 @@ async fn the_server_schedules_gc_and_records_it() {
         if metrics.contains("berth_gc_deleted_total{object=\"manifest\"} 1") {
             break;
         }
-        assert!(Instant::now() < deadline, "the scheduled GC never removed the untagged manifest");
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled GC never removed the untagged manifest"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    expect_error(r.get(&format!("/v2/app/manifests/{}", old.digest)).await, 404, &["MANIFEST_UNKNOWN"]).await;
+    expect_error(
+        r.get(&format!("/v2/app/manifests/{}", old.digest)).await,
+        404,
+        &["MANIFEST_UNKNOWN"],
+    )
+    .await;
     let status = maint::json(&["status"], &cfg, &b.data_dir, true);
     let runs = status["runs"].as_array().unwrap();
-    assert!(runs.iter().any(|r| r["kind"] == "gc" && r["outcome"] == "ok"), "{status}");
+    assert!(
+        runs.iter()
+            .any(|r| r["kind"] == "gc" && r["outcome"] == "ok"),
+        "{status}"
+    );
     let metrics = r.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("berth_maintenance_last_success_timestamp_seconds{job=\"gc\"}"));
 }

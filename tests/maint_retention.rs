@@ -46,7 +46,11 @@ async fn retention_keeps_newest_patterns_and_pulled_tags_and_deletes_the_rest() 
 
     let before = maint::db_dump(&b.data_dir);
     let dry = maint::json(&["retention", "--dry-run"], &cfg, &b.data_dir, true);
-    assert_eq!(before, maint::db_dump(&b.data_dir), "a dry run changed the metadata");
+    assert_eq!(
+        before,
+        maint::db_dump(&b.data_dir),
+        "a dry run changed the metadata"
+    );
     assert_eq!(dry["tags_deleted"], 2, "{dry}");
     let reason = |tag: &str| {
         dry["decisions"]
@@ -54,19 +58,37 @@ async fn retention_keeps_newest_patterns_and_pulled_tags_and_deletes_the_rest() 
             .unwrap()
             .iter()
             .find(|d| d["tag"] == tag)
-            .map(|d| (d["action"].as_str().unwrap().to_owned(), d["reason"].as_str().unwrap().to_owned()))
+            .map(|d| {
+                (
+                    d["action"].as_str().unwrap().to_owned(),
+                    d["reason"].as_str().unwrap().to_owned(),
+                )
+            })
             .unwrap()
     };
-    assert_eq!(reason("a"), ("would delete".into(), "no keep rule matched".into()));
+    assert_eq!(
+        reason("a"),
+        ("would delete".into(), "no keep rule matched".into())
+    );
     assert_eq!(reason("e").1, "newest 3");
     assert_eq!(reason("1.0.0").1, "matches \"semver\"");
     assert_eq!(reason("pulled").1, "pulled recently");
 
     let out = maint::run(&["retention"], &cfg, &b.data_dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("no keep rule matched") && table.contains("deleted 2 tags"), "{table}");
-    assert_eq!(tags(&r, "team/app").await, ["1.0.0", "c", "d", "e", "latest", "pulled"]);
+    assert!(
+        table.contains("no keep rule matched") && table.contains("deleted 2 tags"),
+        "{table}"
+    );
+    assert_eq!(
+        tags(&r, "team/app").await,
+        ["1.0.0", "c", "d", "e", "latest", "pulled"]
+    );
     assert_eq!(tags(&r, "other/app").await, ["old"]);
 
     // What retention untagged, garbage collection reclaims; everything kept still pulls.
@@ -74,12 +96,22 @@ async fn retention_keeps_newest_patterns_and_pulled_tags_and_deletes_the_rest() 
     let gc = maint::json(&["gc"], &cfg, &b.data_dir, true);
     assert_eq!(gc["manifests"], 2, "{gc}");
     for (tag, img) in &images {
-        let status = r.get(&format!("/v2/team/app/manifests/{}", img.digest)).await.status();
+        let status = r
+            .get(&format!("/v2/team/app/manifests/{}", img.digest))
+            .await
+            .status();
         let kept = !matches!(*tag, "a" | "b");
         assert_eq!(status == 200, kept, "{tag}: {status}");
     }
     let status = maint::json(&["status"], &cfg, &b.data_dir, true);
-    assert!(status["runs"].as_array().unwrap().iter().any(|r| r["kind"] == "retention"), "{status}");
+    assert!(
+        status["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "retention"),
+        "{status}"
+    );
 }
 
 #[test]

@@ -68,34 +68,58 @@ async fn scrub_reports_private_damage_and_repairs_the_mirror_cache() {
 
     // Fast: presence and size.
     let fast = maint::json(&["scrub"], &b.config, &b.data_dir, false);
-    assert_eq!(
-        kinds(&fast),
-        {
-            let mut want = vec![
-                (missing.layer_digest.clone(), "missing_bytes".into(), "reported".into()),
-                (short.layer_digest.clone(), "size_mismatch".into(), "reported".into()),
-                (cached.clone(), "size_mismatch".into(), "dropped from cache".into()),
-            ];
-            want.sort();
-            want
-        }
-    );
+    assert_eq!(kinds(&fast), {
+        let mut want = vec![
+            (
+                missing.layer_digest.clone(),
+                "missing_bytes".into(),
+                "reported".into(),
+            ),
+            (
+                short.layer_digest.clone(),
+                "size_mismatch".into(),
+                "reported".into(),
+            ),
+            (
+                cached.clone(),
+                "size_mismatch".into(),
+                "dropped from cache".into(),
+            ),
+        ];
+        want.sort();
+        want
+    });
     assert_eq!(fast["repaired"], 1);
 
     // The mirror entry is fetched again, whole; private content was not deleted (its rows are still there).
     let (_, body) = expect_status(r.get(&mirror_blob).await, 200).await;
     assert_eq!(sha256_digest(&body), cached);
     assert_eq!(up.blob_gets("team/app", &cached), 2);
-    for (repo, d) in [("team/a", &missing.layer_digest), ("team/c", &flipped.layer_digest)] {
+    for (repo, d) in [
+        ("team/a", &missing.layer_digest),
+        ("team/c", &flipped.layer_digest),
+    ] {
         expect_status(r.head(&format!("/v2/{repo}/blobs/{d}")).await, 200).await;
     }
 
     // Deep: re-hashes, so the same-size corruption shows too; private problems stay reported.
     let deep = maint::json(&["scrub", "--deep"], &b.config, &b.data_dir, false);
     let mut want = vec![
-        (missing.layer_digest.clone(), "missing_bytes".to_string(), "reported".to_string()),
-        (short.layer_digest.clone(), "size_mismatch".into(), "reported".into()),
-        (flipped.layer_digest.clone(), "digest_mismatch".into(), "reported".into()),
+        (
+            missing.layer_digest.clone(),
+            "missing_bytes".to_string(),
+            "reported".to_string(),
+        ),
+        (
+            short.layer_digest.clone(),
+            "size_mismatch".into(),
+            "reported".into(),
+        ),
+        (
+            flipped.layer_digest.clone(),
+            "digest_mismatch".into(),
+            "reported".into(),
+        ),
     ];
     want.sort();
     assert_eq!(kinds(&deep), want);
@@ -104,7 +128,10 @@ async fn scrub_reports_private_damage_and_repairs_the_mirror_cache() {
     let out = maint::run(&["scrub"], &b.config, &b.data_dir);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("missing_bytes") && text.contains("2 problems"), "{text}");
+    assert!(
+        text.contains("missing_bytes") && text.contains("2 problems"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,7 +151,10 @@ async fn scheduled_scrub_exports_problems_as_metrics() {
     loop {
         let m = r.get("/metrics").await.text().await.unwrap();
         if m.contains("berth_scrub_problems{kind=\"missing_bytes\"} 1") {
-            assert!(m.contains("berth_maintenance_runs_total{job=\"scrub\",outcome=\"problems\"}"), "{m}");
+            assert!(
+                m.contains("berth_maintenance_runs_total{job=\"scrub\",outcome=\"problems\"}"),
+                "{m}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no scrub problem metric:\n{m}");

@@ -27,10 +27,7 @@ impl Progress for Bar {
 }
 
 /// Runs `f` with a progress bar when stderr is a terminal and output is not JSON.
-async fn with_progress<T>(
-    json: bool,
-    f: impl AsyncFnOnce(&dyn Progress) -> T,
-) -> T {
+async fn with_progress<T>(json: bool, f: impl AsyncFnOnce(&dyn Progress) -> T) -> T {
     if json || !std::io::stderr().is_terminal() {
         return f(&Quiet).await;
     }
@@ -65,7 +62,12 @@ fn time(t: i64) -> String {
 }
 
 /// `berth gc`. Returns whether the run was clean (always, unless it failed).
-pub async fn gc(config: &Config, grace: Option<Duration>, dry_run: bool, json: bool) -> anyhow::Result<()> {
+pub async fn gc(
+    config: &Config,
+    grace: Option<Duration>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let maint = open(config)?;
     let opts = GcOptions {
         grace: grace.unwrap_or(config.gc.grace),

@@ -33,8 +33,8 @@ pub struct GcOptions {
     pub untagged_ttl: Option<Duration>,
     /// Report only.
     pub dry_run: bool,
-    /// Wait for the bytes of blobs deleted in this run (up to `BYTES_DELAY`) and delete them before returning;
-    /// otherwise the next run does.
+    /// Wait for the bytes of deleted blobs (this run's and any still pending) to come of age, up to
+    /// `BYTES_DELAY`, and delete them before returning; otherwise a later run or the server does.
     pub wait_for_bytes: bool,
 }
 
@@ -255,7 +255,7 @@ impl Maintenance {
         m.gc_reclaimed_bytes.inc_by(s.bytes);
 
         let delay = BYTES_DELAY.min(opts.grace);
-        if opts.wait_for_bytes && s.blobs > 0 {
+        if opts.wait_for_bytes && !self.store.tombstones(i64::MAX).await?.is_empty() {
             progress.phase("waiting for in-flight reads", 0);
             tokio::time::sleep(delay + Duration::from_secs(1)).await;
         }
@@ -308,7 +308,13 @@ mod tests {
         }
     }
 
-    fn manifest(repo: i64, d: &str, tagged: bool, touched: i64, subject: Option<&str>) -> SnapManifest {
+    fn manifest(
+        repo: i64,
+        d: &str,
+        tagged: bool,
+        touched: i64,
+        subject: Option<&str>,
+    ) -> SnapManifest {
         SnapManifest {
             repo,
             digest: d.into(),

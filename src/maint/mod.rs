@@ -68,7 +68,10 @@ impl Maintenance {
     /// Deletes the bytes of blobs whose row went at least `older_than` ago. Under the digest lock that every
     /// publisher holds from writing bytes to committing the row, it re-checks that no row came back, so bytes a
     /// committed row points at are never removed (invariant 2).
-    pub async fn delete_tombstoned(&self, older_than: Duration) -> Result<ByteSweep, RegistryError> {
+    pub async fn delete_tombstoned(
+        &self,
+        older_than: Duration,
+    ) -> Result<ByteSweep, RegistryError> {
         let cutoff = crate::meta::now() - older_than.as_secs() as i64;
         let mut sweep = ByteSweep::default();
         for d in self.store.tombstones(cutoff).await? {

@@ -331,7 +331,13 @@ mod tests {
     fn tag_rules() {
         let p = policy(&["latest", "release-*", "semver", "regex:^nightly-\\d+$"]);
         let keeps = |t: &str| p.keep_tags.iter().any(|r| r.matches(t));
-        for t in ["latest", "release-1", "1.2.3", "v1.2.3-rc.1", "nightly-20260101"] {
+        for t in [
+            "latest",
+            "release-1",
+            "1.2.3",
+            "v1.2.3-rc.1",
+            "nightly-20260101",
+        ] {
             assert!(keeps(t), "{t} should be kept");
         }
         for t in ["latest2", "1.2", "v1.x.3", "nightly-x", "dev"] {

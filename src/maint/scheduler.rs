@@ -95,12 +95,17 @@ pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
         max_rate: Some(config.scrub.max_rate.as_u64()),
         report_only: false,
     };
-    every("scrub", config.scrub.interval, config.scrub.jitter, move || {
-        let (m, scrub) = (maint.clone(), scrub.clone());
-        async move {
-            if let Err(e) = m.scrub(&scrub, &Quiet).await {
-                tracing::error!(error = %e, "scheduled scrub failed");
+    every(
+        "scrub",
+        config.scrub.interval,
+        config.scrub.jitter,
+        move || {
+            let (m, scrub) = (maint.clone(), scrub.clone());
+            async move {
+                if let Err(e) = m.scrub(&scrub, &Quiet).await {
+                    tracing::error!(error = %e, "scheduled scrub failed");
+                }
             }
-        }
-    });
+        },
+    );
 }

@@ -86,8 +86,7 @@ impl Maintenance {
                     .get_or_create(&ProblemKind { kind })
                     .set(n as i64);
             }
-            m.scrub_checked
-                .inc_by(s.manifests + s.references + s.blobs);
+            m.scrub_checked.inc_by(s.manifests + s.references + s.blobs);
             m.scrub_repaired.inc_by(s.repaired);
             for p in &s.problems {
                 tracing::error!(kind = p.kind, digest = %p.digest, repository = ?p.repository,
@@ -122,7 +121,12 @@ impl Maintenance {
                         kind: "dangling_reference",
                         digest: c.target.to_string(),
                         repository: Some(r.name.clone()),
-                        detail: format!("{} {} of manifest {} is missing", c.kind.as_str(), c.target, c.manifest),
+                        detail: format!(
+                            "{} {} of manifest {} is missing",
+                            c.kind.as_str(),
+                            c.target,
+                            c.manifest
+                        ),
                         action: "reported",
                     });
                 }
@@ -131,8 +135,16 @@ impl Maintenance {
 
         let stats = self.store.stats().await?;
         progress.phase(
-            if opts.deep { "hashing blobs" } else { "checking blobs" },
-            if opts.deep { stats.blob_bytes } else { stats.blobs },
+            if opts.deep {
+                "hashing blobs"
+            } else {
+                "checking blobs"
+            },
+            if opts.deep {
+                stats.blob_bytes
+            } else {
+                stats.blobs
+            },
         );
         let started = Instant::now();
         let mut after = None;
@@ -178,7 +190,12 @@ impl Maintenance {
         let store = self.registry.blob_store();
         let actual = match store.stat(d).await {
             Ok(Some(n)) => n,
-            Ok(None) => return Ok(BlobState::Bad("missing_bytes", format!("no bytes for a {size}-byte blob"))),
+            Ok(None) => {
+                return Ok(BlobState::Bad(
+                    "missing_bytes",
+                    format!("no bytes for a {size}-byte blob"),
+                ));
+            }
             Err(e) => return Ok(BlobState::Bad("unreadable", e.to_string())),
         };
         if actual != size {
@@ -193,7 +210,10 @@ impl Maintenance {
         let mut reader = match store.open(d, None).await {
             Ok(r) => r,
             Err(StoreError::NotFound) => {
-                return Ok(BlobState::Bad("missing_bytes", "bytes vanished while scrubbing".into()));
+                return Ok(BlobState::Bad(
+                    "missing_bytes",
+                    "bytes vanished while scrubbing".into(),
+                ));
             }
             Err(e) => return Ok(BlobState::Bad("unreadable", e.to_string())),
         };
@@ -215,7 +235,10 @@ impl Maintenance {
         }
         let got = h.finish();
         if &got != d {
-            return Ok(BlobState::Bad("digest_mismatch", format!("bytes hash to {got}")));
+            return Ok(BlobState::Bad(
+                "digest_mismatch",
+                format!("bytes hash to {got}"),
+            ));
         }
         Ok(BlobState::Ok)
     }

@@ -198,7 +198,8 @@ impl SqliteMetadataStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, MetaError> + Send + 'static,
     ) -> Result<T, MetaError> {
-        let (readers, path, synchronous) = (self.readers.clone(), self.path.clone(), self.synchronous);
+        let (readers, path, synchronous) =
+            (self.readers.clone(), self.path.clone(), self.synchronous);
         tokio::task::spawn_blocking(move || {
             let conn = readers.lock().pop();
             let conn = match conn {

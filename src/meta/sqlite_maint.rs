@@ -19,7 +19,9 @@ fn ref_kind(s: &str) -> Result<RefKind, MetaError> {
         "config" => Ok(RefKind::Config),
         "layer" => Ok(RefKind::Layer),
         "child" => Ok(RefKind::Child),
-        other => Err(MetaError::Corrupt(format!("unknown reference kind {other:?}"))),
+        other => Err(MetaError::Corrupt(format!(
+            "unknown reference kind {other:?}"
+        ))),
     }
 }
 
@@ -186,7 +188,9 @@ impl MaintenanceStore for SqliteMetadataStore {
     async fn tombstones(&self, deleted_before: i64) -> Result<Vec<Digest>, MetaError> {
         self.read_scan(move |conn| {
             let rows = conn
-                .prepare_cached("SELECT digest FROM blob_tombstone WHERE deleted_at < ?1 ORDER BY digest")?
+                .prepare_cached(
+                    "SELECT digest FROM blob_tombstone WHERE deleted_at < ?1 ORDER BY digest",
+                )?
                 .query_map([deleted_before], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(parse_digest).collect()
@@ -384,7 +388,9 @@ impl MaintenanceStore for SqliteMetadataStore {
     ) -> Result<Vec<(Digest, u64)>, MetaError> {
         self.read_scan(move |conn| {
             let rows = conn
-                .prepare_cached("SELECT digest, size FROM blob WHERE digest > ?1 ORDER BY digest LIMIT ?2")?
+                .prepare_cached(
+                    "SELECT digest, size FROM blob WHERE digest > ?1 ORDER BY digest LIMIT ?2",
+                )?
                 .query_map(params![after.unwrap_or_default(), n as i64], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                 })?
@@ -493,11 +499,16 @@ impl MaintenanceStore for SqliteMetadataStore {
         self.read_scan(|conn| {
             let tx = conn.unchecked_transaction()?;
             let count = |sql: &str| -> rusqlite::Result<u64> {
-                tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+                tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
             };
             let s = StoreStats {
-                private_repositories: count("SELECT COUNT(*) FROM repository WHERE kind = 'private'")?,
-                mirror_repositories: count("SELECT COUNT(*) FROM repository WHERE kind = 'mirror'")?,
+                private_repositories: count(
+                    "SELECT COUNT(*) FROM repository WHERE kind = 'private'",
+                )?,
+                mirror_repositories: count(
+                    "SELECT COUNT(*) FROM repository WHERE kind = 'mirror'",
+                )?,
                 manifests: count("SELECT COUNT(*) FROM manifest")?,
                 tags: count("SELECT COUNT(*) FROM tag")?,
                 blobs: count("SELECT COUNT(*) FROM blob")?,

@@ -110,8 +110,13 @@ fn try_lock_stripe(path: &std::path::Path, stripe: u64) -> std::io::Result<Optio
 
 /// Elsewhere only one process may use a data directory at a time; the in-process lock is the whole story.
 #[cfg(not(target_os = "linux"))]
-fn try_lock_stripe(_path: &std::path::Path, _stripe: u64) -> std::io::Result<Option<std::fs::File>> {
-    Err(std::io::Error::other("cross-process digest locks need Linux"))
+fn try_lock_stripe(
+    _path: &std::path::Path,
+    _stripe: u64,
+) -> std::io::Result<Option<std::fs::File>> {
+    Err(std::io::Error::other(
+        "cross-process digest locks need Linux",
+    ))
 }
 
 impl Drop for DigestGuard<'_> {

@@ -219,7 +219,9 @@ impl Registry {
 
     /// Writes the pull times gathered since the last call.
     pub async fn flush_pulls(&self) -> Result<(), RegistryError> {
-        let pulls: Vec<_> = std::mem::take(&mut *self.pulls.lock()).into_iter().collect();
+        let pulls: Vec<_> = std::mem::take(&mut *self.pulls.lock())
+            .into_iter()
+            .collect();
         if !pulls.is_empty() {
             self.meta.record_pulls(pulls, crate::meta::now()).await?;
         }

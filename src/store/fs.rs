@@ -328,13 +328,17 @@ impl BlobStore for FsBlobStore {
             let mut out = Vec::new();
             for alg in std::fs::read_dir(&root)? {
                 let alg = alg?;
-                let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else { continue };
+                let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
                 for prefix in std::fs::read_dir(alg.path())? {
                     for f in std::fs::read_dir(prefix?.path())? {
                         let f = f?;
                         let name = f.file_name();
                         // Anything that is not a digest-named file is not ours to judge.
-                        let Some(Ok(d)) = name.to_str().map(|n| format!("{alg_name}:{n}").parse::<Digest>())
+                        let Some(Ok(d)) = name
+                            .to_str()
+                            .map(|n| format!("{alg_name}:{n}").parse::<Digest>())
                         else {
                             continue;
                         };

@@ -29,7 +29,12 @@ pub fn run(args: &[&str], config: &Path, data_dir: &Path) -> Output {
 }
 
 /// Runs a command with `--json`, asserts the exit status, and parses its standard output.
-pub fn json(args: &[&str], config: &Path, data_dir: &Path, want_success: bool) -> serde_json::Value {
+pub fn json(
+    args: &[&str],
+    config: &Path,
+    data_dir: &Path,
+    want_success: bool,
+) -> serde_json::Value {
     let mut all: Vec<&str> = args.to_vec();
     all.push("--json");
     let out = run(&all, config, data_dir);
