@@ -30,8 +30,7 @@ impl MaintenanceStore for SqliteMetadataStore {
     async fn snapshot(&self) -> Result<Snapshot, MetaError> {
         self.read_scan(|conn| {
             let tx = conn.unchecked_transaction()?;
-            let mut s = Snapshot::default();
-            s.repos = tx
+            let repos = tx
                 .prepare("SELECT id, name, CASE kind WHEN 'mirror' THEN mirror END FROM repository")?
                 .query_map([], |r| {
                     Ok(RepoInfo {
@@ -41,7 +40,7 @@ impl MaintenanceStore for SqliteMetadataStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            s.manifests = tx
+            let manifests = tx
                 .prepare(
                     "SELECT m.repo, m.digest, m.subject, MAX(m.created_at, COALESCE(m.last_pulled, 0)),
                             EXISTS (SELECT 1 FROM tag t WHERE t.repo = m.repo AND t.manifest = m.digest)
@@ -58,6 +57,7 @@ impl MaintenanceStore for SqliteMetadataStore {
                 })?
                 .collect::<Result<_, _>>()?;
             let mut refs = tx.prepare("SELECT repo, manifest, child, kind FROM manifest_ref")?;
+            let (mut children, mut blob_refs) = (Vec::new(), Vec::new());
             let rows = refs.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -69,13 +69,13 @@ impl MaintenanceStore for SqliteMetadataStore {
             for row in rows {
                 let (repo, m, child, kind) = row?;
                 if kind == "child" {
-                    s.children.push((repo, m, child));
+                    children.push((repo, m, child));
                 } else {
-                    s.blob_refs.push((repo, m, child));
+                    blob_refs.push((repo, m, child));
                 }
             }
             drop(refs);
-            s.links = tx
+            let links = tx
                 .prepare("SELECT repo, digest, created_at FROM repo_blob")?
                 .query_map([], |r| {
                     Ok(SnapLink {
@@ -85,12 +85,19 @@ impl MaintenanceStore for SqliteMetadataStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            s.blobs = tx
+            let blobs = tx
                 .prepare("SELECT digest, size, created_at FROM blob")?
                 .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             tx.commit()?;
-            Ok(s)
+            Ok(Snapshot {
+                repos,
+                manifests,
+                children,
+                blob_refs,
+                links,
+                blobs,
+            })
         })
         .await
     }

@@ -151,7 +151,7 @@ async fn put_manifest(
 /// referencing it, as a slow client would: garbage collection may take it meanwhile, and the push must then fail
 /// cleanly and succeed when retried.
 async fn slow_client(rng: &mut XorShift) {
-    if rng.next() % 8 == 0 {
+    if rng.next().is_multiple_of(8) {
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     }
 }
@@ -245,7 +245,7 @@ pub async fn deleter(
         tokio::time::sleep(std::time::Duration::from_millis(rng.range(20, 120))).await;
         let repo = &repos[rng.range(0, repos.len() as u64 - 1) as usize];
         let tag = TAGS[rng.range(0, TAGS.len() as u64 - 1) as usize];
-        let by_digest = rng.next() % 2 == 0;
+        let by_digest = rng.next().is_multiple_of(2);
         let reference = if by_digest {
             match http
                 .head(format!("{base}/v2/{repo}/manifests/{tag}"))
