@@ -57,6 +57,12 @@ pub struct ProblemKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageKind {
+    /// `private` (used by a private repository) or `mirror` (held only by mirror caches).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
     pub version: &'static str,
 }
@@ -70,6 +76,7 @@ pub struct Metrics {
     pub mirror_upstream_fetches: Family<MirrorName, Counter>,
     pub mirror_evictions: Family<MirrorName, Counter>,
     pub mirror_cache_bytes: Family<MirrorName, Gauge>,
+    pub mirror_cache_served_bytes: Family<MirrorName, Counter>,
     pub maint_runs: Family<JobOutcome, Counter>,
     pub maint_last_success: Family<JobLabel, Gauge>,
     pub gc_deleted: Family<ObjectKind, Counter>,
@@ -78,6 +85,11 @@ pub struct Metrics {
     pub scrub_problems: Family<ProblemKind, Gauge>,
     pub scrub_checked: Counter,
     pub scrub_repaired: Counter,
+    pub storage_bytes: Family<StorageKind, Gauge>,
+    pub storage_blobs: Gauge,
+    pub upload_sessions: Gauge,
+    pub data_size_bytes: Gauge,
+    pub data_free_bytes: Gauge,
 }
 
 fn new_histogram() -> Histogram {
@@ -132,6 +144,12 @@ impl Metrics {
             "Bytes of blobs cached per mirror, as of the last eviction check",
             mirror_cache_bytes.clone(),
         );
+        let mirror_cache_served_bytes = Family::<MirrorName, Counter>::default();
+        registry.register(
+            "mirror_cache_served_bytes",
+            "Blob bytes served from a mirror's cache instead of the upstream (bytes saved)",
+            mirror_cache_served_bytes.clone(),
+        );
         let maint_runs = Family::<JobOutcome, Counter>::default();
         registry.register(
             "maintenance_runs",
@@ -180,6 +198,32 @@ impl Metrics {
             "Damaged mirror cache entries the scrubber dropped so they are fetched again",
             scrub_repaired.clone(),
         );
+        let storage_bytes = Family::<StorageKind, Gauge>::default();
+        registry.register(
+            "storage_bytes",
+            "Bytes of stored blobs by kind (private: used by a private repository; mirror: only cached)",
+            storage_bytes.clone(),
+        );
+        let storage_blobs = Gauge::default();
+        registry.register("storage_blobs", "Stored blobs", storage_blobs.clone());
+        let upload_sessions = Gauge::default();
+        registry.register(
+            "upload_sessions",
+            "Open upload sessions",
+            upload_sessions.clone(),
+        );
+        let data_size_bytes = Gauge::default();
+        registry.register(
+            "data_size_bytes",
+            "Size of the filesystem holding the data directory",
+            data_size_bytes.clone(),
+        );
+        let data_free_bytes = Gauge::default();
+        registry.register(
+            "data_free_bytes",
+            "Free bytes (for unprivileged users) on the filesystem holding the data directory",
+            data_free_bytes.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -196,6 +240,7 @@ impl Metrics {
             mirror_upstream_fetches,
             mirror_evictions,
             mirror_cache_bytes,
+            mirror_cache_served_bytes,
             maint_runs,
             maint_last_success,
             gc_deleted,
@@ -204,6 +249,11 @@ impl Metrics {
             scrub_problems,
             scrub_checked,
             scrub_repaired,
+            storage_bytes,
+            storage_blobs,
+            upload_sessions,
+            data_size_bytes,
+            data_free_bytes,
         }
     }
 
@@ -213,6 +263,25 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Creates a mirror's series at zero, so rates and alerts work before its first request.
+    pub fn init_mirror(&self, mirror: &str) {
+        for kind in ["manifest", "blob"] {
+            for result in ["hit", "miss", "revalidated", "stale", "joined", "error"] {
+                self.mirror_requests.get_or_create(&MirrorLabels {
+                    mirror: mirror.to_owned(),
+                    kind,
+                    result,
+                });
+            }
+        }
+        let name = MirrorName {
+            mirror: mirror.to_owned(),
+        };
+        self.mirror_upstream_bytes.get_or_create(&name);
+        self.mirror_upstream_fetches.get_or_create(&name);
+        self.mirror_cache_served_bytes.get_or_create(&name);
     }
 
     /// Counts one mirror read.

@@ -74,8 +74,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
         })
         .await
     {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Ok(_) => {}
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+    match state.registry.blob_store().ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("blob store: {e}")).into_response(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::meta::maint::MaintenanceStore;
-use crate::metrics::{JobLabel, JobOutcome, metrics};
+use crate::metrics::{JobLabel, JobOutcome, ObjectKind, ProblemKind, StorageKind, metrics};
 use crate::oci::Digest;
 use crate::registry::{Registry, RegistryError};
 
@@ -93,6 +93,77 @@ impl Maintenance {
         }
         self.registry.blob_store().delete(d).await?;
         Ok(true)
+    }
+
+    /// Refreshes the storage gauges (sizes by kind, blob and upload counts, free space).
+    pub async fn refresh_storage_metrics(&self) -> Result<(), RegistryError> {
+        let s = self.store.stats().await?;
+        let m = metrics();
+        m.storage_bytes
+            .get_or_create(&StorageKind { kind: "private" })
+            .set(s.private_bytes as i64);
+        m.storage_bytes
+            .get_or_create(&StorageKind { kind: "mirror" })
+            .set(s.mirror_bytes as i64);
+        m.storage_blobs.set(s.blobs as i64);
+        m.upload_sessions.set(s.upload_sessions as i64);
+        if let Some(c) = self.registry.blob_store().capacity().await? {
+            m.data_size_bytes.set(c.total as i64);
+            m.data_free_bytes.set(c.free as i64);
+        }
+        Ok(())
+    }
+
+    /// Seeds the last-success gauges from the run history, so a restart does not look like a job that never
+    /// succeeded (alerts on stale scrubs read them).
+    pub async fn restore_job_metrics(&self) -> Result<(), RegistryError> {
+        let m = metrics();
+        for job in ["gc", "retention", "scrub"] {
+            for outcome in ["ok", "problems", "failed"] {
+                m.maint_runs.get_or_create(&JobOutcome { job, outcome });
+            }
+        }
+        for object in ["manifest", "link", "blob"] {
+            m.gc_deleted.get_or_create(&ObjectKind { object });
+        }
+        for object in ["tag", "manifest"] {
+            m.retention_deleted.get_or_create(&ObjectKind { object });
+        }
+        let runs = self.store.recent_runs(50).await?;
+        // The last finished scrub's problems stand until the next scrub.
+        if let Some(summary) = runs
+            .iter()
+            .filter(|r| r.kind == "scrub" && r.outcome != "running" && r.outcome != "failed")
+            .max_by_key(|r| r.id)
+            .and_then(|r| r.summary.as_deref())
+        {
+            let report: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+            let problems = report["problems"].as_array().cloned().unwrap_or_default();
+            for kind in scrub::PROBLEM_KINDS {
+                let n = problems.iter().filter(|p| p["kind"] == kind).count();
+                m.scrub_problems
+                    .get_or_create(&ProblemKind { kind })
+                    .set(n as i64);
+            }
+        }
+        for r in runs {
+            let job = match r.kind.as_str() {
+                "gc" => "gc",
+                "retention" => "retention",
+                "scrub" => "scrub",
+                _ => continue,
+            };
+            if r.outcome == "ok" {
+                let g = metrics()
+                    .maint_last_success
+                    .get_or_create(&JobLabel { job });
+                let at = r.finished_at.unwrap_or(r.started_at);
+                if g.get() < at {
+                    g.set(at);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records a job's start in the history.

@@ -14,6 +14,8 @@ use crate::config::Config;
 
 /// How often pull times are written.
 const PULL_FLUSH: Duration = Duration::from_secs(10);
+/// How often the storage gauges are recomputed (a scan of the blob table).
+const STORAGE_METRICS: Duration = Duration::from_secs(60);
 
 fn jittered(interval: Duration, jitter: Duration) -> Duration {
     if jitter.is_zero() {
@@ -42,6 +44,21 @@ where
 
 /// Starts every scheduled job for the server.
 pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
+    {
+        let m = maint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = m.restore_job_metrics().await {
+                tracing::warn!(error = %e, "cannot read the maintenance history");
+            }
+            let mut tick = tokio::time::interval(STORAGE_METRICS);
+            loop {
+                tick.tick().await;
+                if let Err(e) = m.refresh_storage_metrics().await {
+                    tracing::warn!(error = %e, "cannot compute storage metrics");
+                }
+            }
+        });
+    }
     {
         let m = maint.clone();
         tokio::spawn(async move {

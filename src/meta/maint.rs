@@ -100,6 +100,10 @@ pub struct StoreStats {
     pub tags: u64,
     pub blobs: u64,
     pub blob_bytes: u64,
+    /// Bytes of blobs a private repository uses (linked or as a manifest).
+    pub private_bytes: u64,
+    /// Bytes of blobs only mirror caches hold.
+    pub mirror_bytes: u64,
     pub upload_sessions: u64,
     pub pending_byte_deletions: u64,
 }

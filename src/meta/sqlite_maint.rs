@@ -14,6 +14,11 @@ use super::sqlite::{
 use super::{ManifestRecord, MetaError, RefKind, now};
 use crate::oci::{Digest, RepoName, name::Tag};
 
+/// Bytes of blobs that private repositories use, as links or as manifests.
+const PRIVATE_BYTES: &str = "SELECT COALESCE(SUM(b.size), 0) FROM blob b WHERE
+    EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo WHERE rb.digest = b.digest AND r.kind = 'private')
+    OR EXISTS (SELECT 1 FROM manifest m JOIN repository r ON r.id = m.repo WHERE m.digest = b.digest AND r.kind = 'private')";
+
 fn ref_kind(s: &str) -> Result<RefKind, MetaError> {
     match s {
         "config" => Ok(RefKind::Config),
@@ -520,6 +525,10 @@ impl MaintenanceStore for SqliteMetadataStore {
                 tags: count("SELECT COUNT(*) FROM tag")?,
                 blobs: count("SELECT COUNT(*) FROM blob")?,
                 blob_bytes: count("SELECT COALESCE(SUM(size), 0) FROM blob")?,
+                private_bytes: count(PRIVATE_BYTES)?,
+                mirror_bytes: count(&format!(
+                    "SELECT (SELECT COALESCE(SUM(size), 0) FROM blob) - ({PRIVATE_BYTES})"
+                ))?,
                 upload_sessions: count("SELECT COUNT(*) FROM upload")?,
                 pending_byte_deletions: count("SELECT COUNT(*) FROM blob_tombstone")?,
             };

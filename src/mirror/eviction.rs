@@ -30,23 +30,24 @@ pub struct EvictionPass {
 }
 
 impl Mirrors {
-    /// Starts one background task per mirror that has a budget: a pass after each completed download and every
-    /// `CHECK_INTERVAL`.
+    /// Starts one background task per mirror: a pass after each completed download and every `CHECK_INTERVAL`.
+    /// A mirror without a budget evicts nothing, but its pass still records hits and measures the cache for
+    /// `berth_mirror_cache_bytes`.
     pub fn start_eviction(self: &Arc<Self>) {
         let mut seen = std::collections::HashSet::new();
         for m in self.by_name.values() {
-            if m.budget.is_none() || !seen.insert(m.name.clone()) {
+            if !seen.insert(m.name.clone()) {
                 continue;
             }
             let (mirrors, m) = (self.clone(), m.clone());
             tokio::spawn(async move {
                 loop {
+                    if let Err(e) = mirrors.evict(&m).await {
+                        tracing::warn!(mirror = %m.name, error = %e, "cache eviction failed");
+                    }
                     tokio::select! {
                         _ = m.evict_wake.notified() => {}
                         _ = tokio::time::sleep(CHECK_INTERVAL) => {}
-                    }
-                    if let Err(e) = mirrors.evict(&m).await {
-                        tracing::warn!(mirror = %m.name, error = %e, "cache eviction failed");
                     }
                 }
             });

@@ -67,6 +67,7 @@ impl Mirrors {
     pub fn new(configs: &[config::Mirror], registry: Arc<Registry>) -> Result<Mirrors, String> {
         let mut by_name = HashMap::new();
         for c in configs {
+            crate::metrics::metrics().init_mirror(&c.name);
             let host = c
                 .upstream
                 .split("://")
@@ -373,6 +374,12 @@ impl Mirrors {
                 return Ok((MirrorBlob::Head { len }, "hit"));
             }
             let dl = self.registry.open_blob(&repo, digest, range).await?;
+            crate::metrics::metrics()
+                .mirror_cache_served_bytes
+                .get_or_create(&crate::metrics::MirrorName {
+                    mirror: m.name.clone(),
+                })
+                .inc_by(dl.reader.len);
             return Ok((MirrorBlob::Cached(dl), "hit"));
         }
         let what = format!("{}/{up}@{digest}", m.name);

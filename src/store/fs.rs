@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BlobReader, BlobStore, ByteStream, StoreError, WriteProgress};
+use super::{BlobReader, BlobStore, ByteStream, Capacity, StoreError, WriteProgress};
 use crate::oci::Digest;
 
 /// Size of the reads that feed a blob GET; large enough to keep syscalls cheap per byte.
@@ -58,6 +58,31 @@ impl FsBlobStore {
             .join("tmp")
             .join(uuid::Uuid::new_v4().simple().to_string())
     }
+}
+
+#[cfg(unix)]
+fn statvfs(path: &Path) -> Result<Capacity, StoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer for the call's duration.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let block = st.f_frsize as u64;
+    Ok(Capacity {
+        total: st.f_blocks as u64 * block,
+        free: st.f_bavail as u64 * block,
+    })
+}
+
+#[cfg(not(unix))]
+fn statvfs(_path: &Path) -> Result<Capacity, StoreError> {
+    Err(StoreError::Io(std::io::Error::other(
+        "free space is only known on Unix",
+    )))
 }
 
 fn not_found_as(e: std::io::Error) -> StoreError {
@@ -354,6 +379,21 @@ impl BlobStore for FsBlobStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let meta = tokio::fs::metadata(self.root.join("blobs")).await?;
+        if !meta.is_dir() {
+            return Err(StoreError::Io(std::io::Error::other(
+                "blobs/ is not a directory",
+            )));
+        }
+        Ok(())
+    }
+
+    async fn capacity(&self) -> Result<Option<Capacity>, StoreError> {
+        let root = self.root.clone();
+        blocking(move || statvfs(&root).map(Some)).await
     }
 
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError> {

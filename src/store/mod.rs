@@ -35,6 +35,13 @@ pub struct BlobReader {
     pub body: ByteStream,
 }
 
+/// Size and free space of a store, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    pub free: u64,
+}
+
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Creates an empty temporary object for upload session `id`.
@@ -107,6 +114,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every stored blob with its last modification time (unix seconds), for finding files no row holds.
     async fn list_blobs(&self) -> Result<Vec<(Digest, i64)>, StoreError>;
+
+    /// Whether the store answers (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Size and free space of the storage, where the backend has such a thing (a filesystem does, an object store
+    /// does not).
+    async fn capacity(&self) -> Result<Option<Capacity>, StoreError>;
 
     /// Removes leftovers of interrupted writes (temporary files that were never published).
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError>;
