@@ -269,7 +269,7 @@ impl Metrics {
     pub fn init_mirror(&self, mirror: &str) {
         for kind in ["manifest", "blob"] {
             for result in ["hit", "miss", "revalidated", "stale", "joined", "error"] {
-                self.mirror_requests.get_or_create(&MirrorLabels {
+                let _ = self.mirror_requests.get_or_create(&MirrorLabels {
                     mirror: mirror.to_owned(),
                     kind,
                     result,
@@ -279,9 +279,9 @@ impl Metrics {
         let name = MirrorName {
             mirror: mirror.to_owned(),
         };
-        self.mirror_upstream_bytes.get_or_create(&name);
-        self.mirror_upstream_fetches.get_or_create(&name);
-        self.mirror_cache_served_bytes.get_or_create(&name);
+        let _ = self.mirror_upstream_bytes.get_or_create(&name);
+        let _ = self.mirror_upstream_fetches.get_or_create(&name);
+        let _ = self.mirror_cache_served_bytes.get_or_create(&name);
     }
 
     /// Counts one mirror read.

@@ -120,14 +120,14 @@ impl Maintenance {
         let m = metrics();
         for job in ["gc", "retention", "scrub"] {
             for outcome in ["ok", "problems", "failed"] {
-                m.maint_runs.get_or_create(&JobOutcome { job, outcome });
+                let _ = m.maint_runs.get_or_create(&JobOutcome { job, outcome });
             }
         }
         for object in ["manifest", "link", "blob"] {
-            m.gc_deleted.get_or_create(&ObjectKind { object });
+            let _ = m.gc_deleted.get_or_create(&ObjectKind { object });
         }
         for object in ["tag", "manifest"] {
-            m.retention_deleted.get_or_create(&ObjectKind { object });
+            let _ = m.retention_deleted.get_or_create(&ObjectKind { object });
         }
         let runs = self.store.recent_runs(50).await?;
         // The last finished scrub's problems stand until the next scrub.
