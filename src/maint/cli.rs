@@ -89,8 +89,9 @@ pub async fn gc(
     );
     if !s.dry_run {
         println!(
-            "blob files removed: {} (+{} orphan files), kept because pushed again: {}; expired upload sessions: {}",
-            s.files_deleted, s.orphan_files, s.files_revived, s.upload_sessions
+            "blob files removed: {} (+{} orphan files), kept because pushed again: {}; expired upload sessions: {}; \
+             empty repositories removed: {}",
+            s.files_deleted, s.orphan_files, s.files_revived, s.upload_sessions, s.repositories
         );
     }
     Ok(())

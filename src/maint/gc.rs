@@ -55,6 +55,8 @@ pub struct GcSummary {
     pub orphan_files: u64,
     /// Expired upload sessions removed.
     pub upload_sessions: u64,
+    /// Repositories left with nothing in them, removed from the catalog.
+    pub repositories: u64,
 }
 
 /// The mark phase's verdict.
@@ -265,6 +267,7 @@ impl Maintenance {
         s.files_revived = swept.revived;
         s.orphan_files = self.delete_orphan_files(&snap, grace_cut).await?;
         s.upload_sessions = self.registry.expire_uploads().await? as u64;
+        s.repositories = self.store.gc_delete_empty_repositories(grace_cut).await?;
         Ok(s)
     }
 

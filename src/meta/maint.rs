@@ -139,6 +139,10 @@ pub trait MaintenanceStore: MetadataStore {
         created_before: i64,
     ) -> Result<Vec<(String, u64)>, MetaError>;
 
+    /// Deletes repositories created before `created_before` that hold nothing (no manifest, tag, blob link or upload
+    /// session), so the catalog lists only repositories with content. Returns how many went.
+    async fn gc_delete_empty_repositories(&self, created_before: i64) -> Result<u64, MetaError>;
+
     /// Blobs whose row was deleted before `deleted_before` and whose bytes still wait for deletion.
     async fn tombstones(&self, deleted_before: i64) -> Result<Vec<Digest>, MetaError>;
 

@@ -197,6 +197,22 @@ impl MaintenanceStore for SqliteMetadataStore {
         .await
     }
 
+    async fn gc_delete_empty_repositories(&self, created_before: i64) -> Result<u64, MetaError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM repository WHERE created_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM manifest m WHERE m.repo = repository.id)
+                       AND NOT EXISTS (SELECT 1 FROM tag t WHERE t.repo = repository.id)
+                       AND NOT EXISTS (SELECT 1 FROM repo_blob rb WHERE rb.repo = repository.id)
+                       AND NOT EXISTS (SELECT 1 FROM upload u WHERE u.repo = repository.name)",
+                )?
+                .execute([created_before])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn tombstones(&self, deleted_before: i64) -> Result<Vec<Digest>, MetaError> {
         self.read_scan(move |conn| {
             let rows = conn
