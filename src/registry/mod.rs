@@ -32,7 +32,11 @@ pub struct Registry {
     uploads: uploads::UploadStates,
     manifests: ManifestCache,
     digest_locks: DigestLocks,
+    immutable_tags: std::sync::OnceLock<TagRule>,
 }
+
+/// Decides which repositories have immutable tags (from the access policy; see `set_immutable_tags`).
+pub type TagRule = Arc<dyn Fn(&RepoName) -> bool + Send + Sync>;
 
 /// A blob ready to stream to a client.
 pub struct BlobDownload {
@@ -80,7 +84,17 @@ impl Registry {
             uploads: Default::default(),
             manifests: ManifestCache::new(64 << 20),
             digest_locks: DigestLocks::default(),
+            immutable_tags: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the rule naming repositories whose tags never move once pushed (set once, at start-up).
+    pub fn set_immutable_tags(&self, rule: TagRule) {
+        let _ = self.immutable_tags.set(rule);
+    }
+
+    fn immutable_tags(&self, repo: &RepoName) -> bool {
+        self.immutable_tags.get().is_some_and(|r| r(repo))
     }
 
     /// Serialises changes to one digest's bytes and row (see `digest_locks`). Every path that publishes bytes and
