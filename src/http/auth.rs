@@ -265,7 +265,9 @@ pub async fn authorize(state: &AppState, req: &mut Request, ip: Option<IpAddr>) 
             let name = ep.name().unwrap_or_default();
             let t = target(state, name, ns);
             let actions = needed(&ep, req.method());
-            if !allowed(state, &caller, &t, actions) {
+            // Writes to a mirror are refused by the mirror itself (UNSUPPORTED, read-only) for everyone alike.
+            let mirror_write = t.kind == RepoKind::Mirror && actions != [Action::Pull];
+            if !mirror_write && !allowed(state, &caller, &t, actions) {
                 return Err(refuse(state, req.headers(), &caller, &t, actions));
             }
             if let Endpoint::Upload { id, .. } = ep {
