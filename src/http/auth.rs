@@ -232,6 +232,12 @@ fn allowed(state: &AppState, caller: &Caller, t: &Target, actions: &[Action]) ->
 /// (for catalog filtering and upload binding), and a cross-repository mount from a repository the caller cannot
 /// pull is turned into a plain upload.
 pub async fn authorize(state: &AppState, req: &mut Request, ip: Option<IpAddr>) -> Result<(), Response> {
+    // HTTP/2 carries the host in the URI (`:authority`), not a Host header; the realm is built from the latter.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, a);
+    }
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/v2").unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
