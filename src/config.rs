@@ -283,7 +283,10 @@ impl Auth {
                 repositories: p
                     .repositories
                     .iter()
-                    .map(|g| g.parse().map_err(|e: crate::auth::glob::GlobError| bad(e.to_string())))
+                    .map(|g| {
+                        g.parse()
+                            .map_err(|e: crate::auth::glob::GlobError| bad(e.to_string()))
+                    })
                     .collect::<Result<_, _>>()?,
                 pull: grantees(&p.pull)?,
                 push: grantees(&p.push)?,

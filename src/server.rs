@@ -62,7 +62,9 @@ async fn bootstrap_admin(auth: &crate::auth::Auth) -> anyhow::Result<()> {
         Some(pw) => eprintln!(
             "\n  berth: created user 'admin' with password: {pw}\n  (shown once; change it with `berth user passwd admin`)\n"
         ),
-        None if given => tracing::info!("created user 'admin' with the password from BERTH_ADMIN_PASSWORD"),
+        None if given => {
+            tracing::info!("created user 'admin' with the password from BERTH_ADMIN_PASSWORD")
+        }
         None => {}
     }
     Ok(())

@@ -80,7 +80,9 @@ impl ResolvesServerCert for ReloadingCert {
                     *cur = (now, ck);
                 }
                 // Mid-replacement (new cert, old key) or broken: keep serving the previous pair, retry next time.
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot reload TLS certificate; keeping the previous one"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot reload TLS certificate; keeping the previous one")
+                }
             }
         }
         Some(cur.1.clone())

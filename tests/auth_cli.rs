@@ -1,9 +1,9 @@
 //! The account commands and first start: `berth user …` on the data directory of a running server, htpasswd
 //! import, the admin password shown once, and `serve`'s secure default.
 
-mod common;
 #[path = "common/auth.rs"]
 mod auth;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -15,14 +15,45 @@ use reqwest::Method;
 async fn serve_is_closed_by_default() {
     let b = common::Berth::start_secure(&[]);
     let base = b.url();
-    let (s, _, body) = send(Method::POST, &format!("{base}/v2/app/blobs/uploads/"), &Creds::Anonymous, &[], vec![]).await;
-    assert_eq!((s.as_u16(), auth::code(&body).as_str()), (401, "UNAUTHORIZED"));
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/app/tags/list"), &Creds::Anonymous, &[], vec![]).await;
+    let (s, _, body) = send(
+        Method::POST,
+        &format!("{base}/v2/app/blobs/uploads/"),
+        &Creds::Anonymous,
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), auth::code(&body).as_str()),
+        (401, "UNAUTHORIZED")
+    );
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/app/tags/list"),
+        &Creds::Anonymous,
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 401);
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/_catalog"), &Creds::Anonymous, &[], vec![]).await;
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/_catalog"),
+        &Creds::Anonymous,
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 401);
     // Any signed-in user may use private repositories under the default policy.
-    let (s, _, _) = send(Method::POST, &format!("{base}/v2/app/blobs/uploads/"), &auth::admin(), &[], vec![]).await;
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{base}/v2/app/blobs/uploads/"),
+        &auth::admin(),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 202);
 }
 
@@ -32,7 +63,12 @@ async fn first_start_prints_a_random_admin_password_once() {
     let port = common::free_port();
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir.path())
             .env_remove("BERTH_ADMIN_PASSWORD")
             .env_remove("BERTH_OPEN_ACCESS")
@@ -58,12 +94,20 @@ async fn first_start_prints_a_random_admin_password_once() {
             break;
         }
     }
-    let password = password.unwrap_or_else(|| panic!("no admin password in the log:\n{}", seen.join("\n")));
+    let password =
+        password.unwrap_or_else(|| panic!("no admin password in the log:\n{}", seen.join("\n")));
     assert!(password.len() >= 24);
     // Only that one line holds it: no other log line repeats the secret.
     assert_eq!(seen.iter().filter(|l| l.contains(&password)).count(), 1);
     let base = format!("http://127.0.0.1:{port}");
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/"), &Creds::basic("admin", &password), &[], vec![]).await;
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/"),
+        &Creds::basic("admin", &password),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 200);
     let _ = child.kill();
     let _ = child.wait();
@@ -88,36 +132,116 @@ async fn user_commands_work_on_a_running_server() {
     let b = auth::secure_berth("[auth]\nmax_failed_logins = 0\n");
     let base = b.url();
     auth::add_user(&b, "alice", "alice-pw");
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/"), &Creds::basic("alice", "alice-pw"), &[], vec![]).await;
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/"),
+        &Creds::basic("alice", "alice-pw"),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 200, "a user added by the CLI can sign in at once");
     // Duplicates, bad names and empty passwords are refused.
-    assert!(!auth::cli(&b.data_dir, &["user", "add", "alice"], "x\n").status.success());
-    assert!(!auth::cli(&b.data_dir, &["user", "add", "bad name"], "x\n").status.success());
-    assert!(!auth::cli(&b.data_dir, &["user", "add", "carol"], "\n").status.success());
-    auth::cli_ok(&b.data_dir, &["user", "add", "--admin", "root2"], "root-pw\n");
+    assert!(
+        !auth::cli(&b.data_dir, &["user", "add", "alice"], "x\n")
+            .status
+            .success()
+    );
+    assert!(
+        !auth::cli(&b.data_dir, &["user", "add", "bad name"], "x\n")
+            .status
+            .success()
+    );
+    assert!(
+        !auth::cli(&b.data_dir, &["user", "add", "carol"], "\n")
+            .status
+            .success()
+    );
+    auth::cli_ok(
+        &b.data_dir,
+        &["user", "add", "--admin", "root2"],
+        "root-pw\n",
+    );
     let list = auth::cli_ok(&b.data_dir, &["user", "list"], "");
-    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     let names: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
-    assert_eq!(names, [("admin", "true"), ("alice", "false"), ("root2", "true")]);
-    assert!(!auth::cli(&b.data_dir, &["user", "remove", "nobody"], "").status.success());
+    assert_eq!(
+        names,
+        [("admin", "true"), ("alice", "false"), ("root2", "true")]
+    );
+    assert!(
+        !auth::cli(&b.data_dir, &["user", "remove", "nobody"], "")
+            .status
+            .success()
+    );
 
     // htpasswd (bcrypt) import keeps the hashes working.
     let htpasswd = b.data_dir.join("htpasswd");
     std::fs::write(
         &htpasswd,
-        format!("# comment\nbob:{}\ndave:{}\n", bcrypt::hash("bob-pw", 4).unwrap(), bcrypt::hash("dave-pw", 4).unwrap()),
+        format!(
+            "# comment\nbob:{}\ndave:{}\n",
+            bcrypt::hash("bob-pw", 4).unwrap(),
+            bcrypt::hash("dave-pw", 4).unwrap()
+        ),
     )
     .unwrap();
-    auth::cli_ok(&b.data_dir, &["user", "import-htpasswd", htpasswd.to_str().unwrap()], "");
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/"), &Creds::basic("bob", "bob-pw"), &[], vec![]).await;
+    auth::cli_ok(
+        &b.data_dir,
+        &["user", "import-htpasswd", htpasswd.to_str().unwrap()],
+        "",
+    );
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/"),
+        &Creds::basic("bob", "bob-pw"),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 200);
-    let (s, _, _) = send(Method::GET, &format!("{base}/v2/"), &Creds::basic("dave", "bob-pw"), &[], vec![]).await;
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/"),
+        &Creds::basic("dave", "bob-pw"),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(s, 401);
     // Unsupported hash schemes are refused as a whole.
     std::fs::write(&htpasswd, "eve:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
-    assert!(!auth::cli(&b.data_dir, &["user", "import-htpasswd", htpasswd.to_str().unwrap()], "").status.success());
+    assert!(
+        !auth::cli(
+            &b.data_dir,
+            &["user", "import-htpasswd", htpasswd.to_str().unwrap()],
+            ""
+        )
+        .status
+        .success()
+    );
 
     // A token for a user that does not exist, or with a malformed scope, is refused.
-    assert!(!auth::cli(&b.data_dir, &["token", "create", "--user", "nobody", "--scope", "a:pull"], "").status.success());
-    assert!(!auth::cli(&b.data_dir, &["token", "create", "--user", "alice", "--scope", "a:fly"], "").status.success());
+    assert!(
+        !auth::cli(
+            &b.data_dir,
+            &["token", "create", "--user", "nobody", "--scope", "a:pull"],
+            ""
+        )
+        .status
+        .success()
+    );
+    assert!(
+        !auth::cli(
+            &b.data_dir,
+            &["token", "create", "--user", "alice", "--scope", "a:fly"],
+            ""
+        )
+        .status
+        .success()
+    );
 }

@@ -2,9 +2,9 @@
 //! token), containerd with a Basic `Authorization` header from `hosts.toml`, and anonymous pulls from a mirror while
 //! private repositories stay closed.
 
-mod common;
 #[path = "common/auth.rs"]
 mod auth;
+mod common;
 #[path = "common/image.rs"]
 mod image;
 #[path = "common/tools.rs"]
@@ -60,49 +60,103 @@ async fn skopeo_and_containerd_authenticate_and_mirrors_stay_anonymous() {
 
     // Anonymous push: refused.
     let anon = skopeo(
-        &["copy", "--all", "--dest-tls-verify=false", &src, &format!("docker://{host}/team/app:v1")],
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &src,
+            &format!("docker://{host}/team/app:v1"),
+        ],
         &home,
     );
     assert!(!anon.status.success(), "anonymous push must fail");
 
     // Password, then personal access token, through the token flow.
     skopeo_ok(
-        &["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "--dest-creds", "pusher:pusher-pw",
-          &src, &format!("docker://{host}/team/app:v1")],
+        &[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "pusher:pusher-pw",
+            &src,
+            &format!("docker://{host}/team/app:v1"),
+        ],
         &home,
     );
     skopeo_ok(
-        &["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "--dest-creds", &format!("pusher:{token}"),
-          &src, &format!("docker://{host}/team/tok:v1")],
+        &[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("pusher:{token}"),
+            &src,
+            &format!("docker://{host}/team/tok:v1"),
+        ],
         &home,
     );
     for repo in ["team/app", "team/tok"] {
         let raw = skopeo_ok(
-            &["inspect", "--raw", "--tls-verify=false", "--creds", &format!("pusher:{token}"), &format!("docker://{host}/{repo}:v1")],
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                &format!("pusher:{token}"),
+                &format!("docker://{host}/{repo}:v1"),
+            ],
             &home,
         );
         assert_eq!(auth::sha256(&raw), index.digest, "{repo}");
     }
     // The token's scope does not reach beyond team/*, whatever the user may do.
     let outside = skopeo(
-        &["copy", "--all", "--dest-tls-verify=false", "--dest-creds", &format!("pusher:{token}"), &src,
-          &format!("docker://{host}/elsewhere/app:v1")],
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("pusher:{token}"),
+            &src,
+            &format!("docker://{host}/elsewhere/app:v1"),
+        ],
         &home,
     );
     assert!(!outside.status.success());
     // Anonymous reads of private repositories are refused.
-    let anon_read = skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/team/app:v1")], &home);
+    let anon_read = skopeo(
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/team/app:v1"),
+        ],
+        &home,
+    );
     assert!(!anon_read.status.success());
 
     // The mirror serves anonymous callers.
     let raw = skopeo_ok(
-        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/up/library/tool:1.0")],
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/up/library/tool:1.0"),
+        ],
         &home,
     );
     assert_eq!(auth::sha256(&raw), img.digest);
     let back = tmp.path().join("back");
     skopeo_ok(
-        &["copy", "--src-tls-verify=false", &format!("docker://{host}/up/library/tool:1.0"), &format!("oci:{}:t", back.display())],
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/up/library/tool:1.0"),
+            &format!("oci:{}:t", back.display()),
+        ],
         &home,
     );
 
@@ -129,13 +183,32 @@ async fn skopeo_and_containerd_authenticate_and_mirrors_stay_anonymous() {
     let hosts_dir = hosts.to_str().unwrap().to_owned();
     let image_ref = format!("{host}/team/app:v1");
     write_hosts("wrong");
-    let refused = ctrd.ctr(&["-n", "auth", "images", "pull", "--hosts-dir", &hosts_dir, "--all-platforms", &image_ref]);
+    let refused = ctrd.ctr(&[
+        "-n",
+        "auth",
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts_dir,
+        "--all-platforms",
+        &image_ref,
+    ]);
     assert!(!refused.status.success(), "a wrong password must not pull");
     write_hosts("reader-pw");
-    ctrd.ctr_ok(&["-n", "auth", "images", "pull", "--hosts-dir", &hosts_dir, "--all-platforms", &image_ref]);
+    ctrd.ctr_ok(&[
+        "-n",
+        "auth",
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts_dir,
+        "--all-platforms",
+        &image_ref,
+    ]);
     let ls = ctrd.ctr_ok(&["-n", "auth", "images", "ls"]);
     assert!(
-        ls.lines().any(|l| l.starts_with(&image_ref) && l.contains(&index.digest)),
+        ls.lines()
+            .any(|l| l.starts_with(&image_ref) && l.contains(&index.digest)),
         "{image_ref} not pulled:\n{ls}"
     );
 }

@@ -49,10 +49,8 @@ pub fn looks_like_token(secret: &str) -> bool {
 pub fn split_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    (id.len() == 16
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && !secret.is_empty())
-    .then_some((id, secret))
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
+        .then_some((id, secret))
 }
 
 pub fn parse_scopes(text: &str) -> Result<Vec<Scope>, String> {
@@ -140,9 +138,9 @@ impl Accounts {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, hash) = line
-                .split_once(':')
-                .ok_or_else(|| AccountError::Invalid(format!("line {}: expected user:hash", i + 1)))?;
+            let (name, hash) = line.split_once(':').ok_or_else(|| {
+                AccountError::Invalid(format!("line {}: expected user:hash", i + 1))
+            })?;
             if !super::valid_user_name(name) {
                 return Err(AccountError::InvalidName(name.into()));
             }

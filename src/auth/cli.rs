@@ -201,9 +201,13 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
                     .map(|s| s.parse::<Scope>().map_err(anyhow::Error::msg))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let expires = expires
-                    .map(|e| humantime::parse_duration(&e).with_context(|| format!("--expires {e:?}")))
+                    .map(|e| {
+                        humantime::parse_duration(&e).with_context(|| format!("--expires {e:?}"))
+                    })
                     .transpose()?;
-                let t = accounts.create_token(&user, &name, &scopes, expires).await?;
+                let t = accounts
+                    .create_token(&user, &name, &scopes, expires)
+                    .await?;
                 eprintln!(
                     "token {} for {user} created (expires {}); it is shown only now:",
                     t.record.id,

@@ -35,9 +35,8 @@ impl std::str::FromStr for RepoGlob {
         }
         let ok = !s.is_empty()
             && s.len() <= 512
-            && s.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:*?".contains(&b)
-            });
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:*?".contains(&b));
         if ok {
             Ok(RepoGlob::Pattern(s.to_owned()))
         } else {

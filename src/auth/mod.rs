@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq;
 
-pub use accounts::{Accounts, AccountError};
+pub use accounts::{AccountError, Accounts};
 pub use glob::{RepoGlob, RepoKind};
 pub use jwt::{AccessEntry, Claims, SigningKey};
 pub use policy::{Action, Actions, Policy, Scope};
@@ -186,7 +186,11 @@ impl Auth {
         }
     }
 
-    async fn login_password(&self, user: &str, password: &str) -> Result<Option<Caller>, AuthError> {
+    async fn login_password(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<Caller>, AuthError> {
         let Some(rec) = self.store.user(user).await? else {
             let pw = password.to_owned();
             let _ = tokio::task::spawn_blocking(move || password::verify_dummy(&pw)).await;

@@ -142,9 +142,7 @@ impl Grantee {
             "@all" => Ok(Grantee::All),
             "@users" => Ok(Grantee::Users),
             s if super::valid_user_name(s) => Ok(Grantee::User(s.to_owned())),
-            s => Err(format!(
-                "{s:?} is neither @all, @users nor a user name"
-            )),
+            s => Err(format!("{s:?} is neither @all, @users nor a user name")),
         }
     }
 
@@ -241,7 +239,10 @@ mod tests {
         assert!(r(Some("ci"), "team/app").has(Action::Push));
         assert_eq!(r(None, "team/app"), Actions::NONE);
         assert_eq!(r(Some("bob"), "other"), Actions::NONE);
-        assert_eq!(p.rights(Some("root"), true, "other", RepoKind::Private), Actions::ALL);
+        assert_eq!(
+            p.rights(Some("root"), true, "other", RepoKind::Private),
+            Actions::ALL
+        );
     }
 
     #[test]
@@ -250,7 +251,12 @@ mod tests {
             rules: vec![rule(&["**"], &["@all"], &["@all"])],
         };
         assert_eq!(
-            p.rights(Some("root"), true, "docker.io/library/alpine", RepoKind::Mirror),
+            p.rights(
+                Some("root"),
+                true,
+                "docker.io/library/alpine",
+                RepoKind::Mirror
+            ),
             Actions::PULL
         );
         assert_eq!(
@@ -268,8 +274,14 @@ mod tests {
             scopes_allow(&scopes, "team/a", RepoKind::Private),
             Actions::PULL.with(Action::Push)
         );
-        assert_eq!(scopes_allow(&scopes, "team/a/b", RepoKind::Private), Actions::NONE);
-        assert_eq!(scopes_allow(&scopes, "docker.io/x/y", RepoKind::Mirror), Actions::PULL);
+        assert_eq!(
+            scopes_allow(&scopes, "team/a/b", RepoKind::Private),
+            Actions::NONE
+        );
+        assert_eq!(
+            scopes_allow(&scopes, "docker.io/x/y", RepoKind::Mirror),
+            Actions::PULL
+        );
         assert!("team".parse::<Scope>().is_err());
         assert!("team:fly".parse::<Scope>().is_err());
         assert_eq!("a:*".parse::<Scope>().unwrap().actions, Actions::ALL);

@@ -51,7 +51,9 @@ impl LoginLimiter {
         Self::keys(ip, user)
             .iter()
             .filter_map(|k| map.get(k))
-            .filter(|(start, n)| *n >= self.max_failures && now.duration_since(*start) < self.window)
+            .filter(|(start, n)| {
+                *n >= self.max_failures && now.duration_since(*start) < self.window
+            })
             .map(|(start, _)| (self.window - now.duration_since(*start)).as_secs().max(1))
             .max()
     }
@@ -93,8 +95,15 @@ mod tests {
         }
         assert!(l.blocked(Some(ip), "alice").is_some());
         assert!(l.blocked(Some(ip), "bob").is_some(), "same address");
-        assert!(l.blocked(Some("192.0.2.2".parse().unwrap()), "alice").is_some(), "same user");
-        assert!(l.blocked(Some("192.0.2.2".parse().unwrap()), "bob").is_none());
+        assert!(
+            l.blocked(Some("192.0.2.2".parse().unwrap()), "alice")
+                .is_some(),
+            "same user"
+        );
+        assert!(
+            l.blocked(Some("192.0.2.2".parse().unwrap()), "bob")
+                .is_none()
+        );
     }
 
     #[test]

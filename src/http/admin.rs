@@ -62,9 +62,14 @@ async fn admin(
 ) -> Result<Caller, Response> {
     let caller = match super::auth::authenticate(state, &headers, ip).await {
         Ok(c) if c.jwt.is_none() && c.user.is_some() => c,
-        Ok(_) | Err(crate::auth::AuthError::BadCredentials)
+        Ok(_)
+        | Err(crate::auth::AuthError::BadCredentials)
         | Err(crate::auth::AuthError::InvalidToken(_)) => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin credentials required");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "admin credentials required",
+            );
             r.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Basic realm=\"berth admin\""),
@@ -72,9 +77,19 @@ async fn admin(
             return Err(r);
         }
         Err(crate::auth::AuthError::RateLimited(_)) => {
-            return Err(error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "too many failed logins"));
+            return Err(error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "too many failed logins",
+            ));
         }
-        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())),
+        Err(e) => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                &e.to_string(),
+            ));
+        }
     };
     let full_token = match &caller.pat {
         None => true,
@@ -83,7 +98,11 @@ async fn admin(
             .any(|s| s.glob == RepoGlob::Pattern("**".into()) && s.actions == Actions::ALL),
     };
     if !caller.is_admin() || !full_token {
-        return Err(error(StatusCode::FORBIDDEN, "DENIED", "the admin API is for admins"));
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "the admin API is for admins",
+        ));
     }
     Ok(caller)
 }
@@ -91,9 +110,20 @@ async fn admin(
 async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
     let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
         .await
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "INVALID", "body too large or unreadable"))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID", &format!("invalid JSON: {e}")))
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "body too large or unreadable",
+            )
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "INVALID",
+            &format!("invalid JSON: {e}"),
+        )
+    })
 }
 
 fn user_json(u: &UserRecord) -> serde_json::Value {
@@ -135,7 +165,12 @@ async fn add_user(State(state): State<AppState>, req: Request) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match state.auth.accounts.add_user(&u.name, &u.password, u.admin).await {
+    match state
+        .auth
+        .accounts
+        .add_user(&u.name, &u.password, u.admin)
+        .await
+    {
         Ok(rec) => (StatusCode::CREATED, axum::Json(user_json(&rec))).into_response(),
         Err(e) => account_error(e),
     }
@@ -226,9 +261,20 @@ async fn create_token(State(state): State<AppState>, req: Request) -> Response {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID", &e),
     };
-    let expires = match t.expires_in.as_deref().map(humantime::parse_duration).transpose() {
+    let expires = match t
+        .expires_in
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+    {
         Ok(e) => e,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID", &format!("expires_in: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                &format!("expires_in: {e}"),
+            );
+        }
     };
     match state
         .auth

@@ -98,7 +98,12 @@ fn realm_base(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// `Bearer realm="…/token",service="…"[,scope="…"][,error="…"]`
-fn challenge(state: &AppState, headers: &HeaderMap, scope: Option<&str>, error: Option<&str>) -> HeaderValue {
+fn challenge(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Option<&str>,
+    error: Option<&str>,
+) -> HeaderValue {
     let mut v = format!(
         "Bearer realm=\"{}/token\",service=\"{}\"",
         quoted(&realm_base(state, headers)),
@@ -130,8 +135,10 @@ pub fn unauthorized(
         "UNAUTHORIZED",
         "authentication required",
     );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, challenge(state, headers, scope, error));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        challenge(state, headers, scope, error),
+    );
     r
 }
 
@@ -176,9 +183,7 @@ fn basic(h: &HeaderValue) -> Option<Result<(String, String), AuthError>> {
 fn bearer(h: &HeaderValue) -> Option<&str> {
     let s = h.to_str().ok()?;
     let (scheme, rest) = s.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(rest.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
 }
 
 /// Who is calling, from the `Authorization` header (none: anonymous).
@@ -205,7 +210,13 @@ pub async fn authenticate(
 
 /// The refusal for a caller lacking `actions` on `t`: anonymous callers and bearer tokens that merely lack the
 /// scope get a challenge (the client then fetches a fitting token); signed-in users lacking the right get DENIED.
-fn refuse(state: &AppState, headers: &HeaderMap, caller: &Caller, t: &Target, actions: &[Action]) -> Response {
+fn refuse(
+    state: &AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+    t: &Target,
+    actions: &[Action],
+) -> Response {
     let scope = format!("repository:{}:{}", t.raw, scope_actions(actions));
     if caller.user.is_none() {
         return unauthorized(state, headers, Some(&scope), None);
@@ -222,19 +233,24 @@ fn refuse(state: &AppState, headers: &HeaderMap, caller: &Caller, t: &Target, ac
 }
 
 fn allowed(state: &AppState, caller: &Caller, t: &Target, actions: &[Action]) -> bool {
-    let r = state
-        .auth
-        .rights(caller, &t.canonical, t.kind, &t.raw);
+    let r = state.auth.rights(caller, &t.canonical, t.kind, &t.raw);
     actions.iter().all(|a| r.has(*a))
 }
 
 /// Decides a `/v2/` request before it is routed. On success the caller is stored in the request's extensions
 /// (for catalog filtering and upload binding), and a cross-repository mount from a repository the caller cannot
 /// pull is turned into a plain upload.
-pub async fn authorize(state: &AppState, req: &mut Request, ip: Option<IpAddr>) -> Result<(), Response> {
+pub async fn authorize(
+    state: &AppState,
+    req: &mut Request,
+    ip: Option<IpAddr>,
+) -> Result<(), Response> {
     // HTTP/2 carries the host in the URI (`:authority`), not a Host header; the realm is built from the latter.
     if !req.headers().contains_key(header::HOST)
-        && let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        && let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         req.headers_mut().insert(header::HOST, a);
     }
@@ -248,25 +264,25 @@ pub async fn authorize(state: &AppState, req: &mut Request, ip: Option<IpAddr>) 
     let ns = super::param(&q, "ns");
     match endpoint::parse(rest) {
         None => {}
-        Some(Endpoint::Base) => {
-            if caller.user.is_none() && caller.jwt.is_none() && !state.auth.anonymous_browse() {
-                return Err(unauthorized(state, req.headers(), None, None));
-            }
+        Some(Endpoint::Base)
+            if caller.user.is_none() && caller.jwt.is_none() && !state.auth.anonymous_browse() =>
+        {
+            return Err(unauthorized(state, req.headers(), None, None));
         }
-        Some(Endpoint::Catalog) => {
-            if !state.auth.may_browse(&caller) {
-                return Err(if caller.user.is_none() || caller.jwt.is_some() {
-                    unauthorized(
-                        state,
-                        req.headers(),
-                        Some("registry:catalog:*"),
-                        caller.jwt.as_ref().map(|_| "insufficient_scope"),
-                    )
-                } else {
-                    denied("the catalog")
-                });
-            }
+        Some(Endpoint::Base) => {}
+        Some(Endpoint::Catalog) if !state.auth.may_browse(&caller) => {
+            return Err(if caller.user.is_none() || caller.jwt.is_some() {
+                unauthorized(
+                    state,
+                    req.headers(),
+                    Some("registry:catalog:*"),
+                    caller.jwt.as_ref().map(|_| "insufficient_scope"),
+                )
+            } else {
+                denied("the catalog")
+            });
         }
+        Some(Endpoint::Catalog) => {}
         Some(ep) => {
             let name = ep.name().unwrap_or_default();
             let t = target(state, name, ns);
@@ -287,13 +303,11 @@ pub async fn authorize(state: &AppState, req: &mut Request, ip: Option<IpAddr>) 
                     return Err(RegistryError::BlobUploadUnknown.into_response());
                 }
             }
-            if matches!(ep, Endpoint::UploadStart { .. })
-                && super::param(&q, "mount").is_some()
-            {
+            if matches!(ep, Endpoint::UploadStart { .. }) && super::param(&q, "mount").is_some() {
                 let from_ok = match super::param(&q, "from").filter(|f| !f.is_empty()) {
                     Some(from) => {
                         let ft = target(state, from, None);
-                        ft.kind == RepoKind::Private && allowed(state, &caller, &ft, &[Action::Pull])
+                        allowed(state, &caller, &ft, &[Action::Pull])
                     }
                     // Mounting "from anywhere" would reveal blobs of repositories the caller cannot read.
                     None => caller.is_admin(),

@@ -294,7 +294,12 @@ fn set_tag(conn: &Connection, repo: i64, tag: &str, digest: &str, t: i64) -> rus
 
 /// The first of `tags` that exists and points at a manifest other than `digest` (checked inside the writing
 /// transaction, so two racing pushes cannot both "create" an immutable tag).
-fn moved_tag(conn: &Connection, repo: i64, tags: &[Tag], digest: &str) -> rusqlite::Result<Option<Tag>> {
+fn moved_tag(
+    conn: &Connection,
+    repo: i64,
+    tags: &[Tag],
+    digest: &str,
+) -> rusqlite::Result<Option<Tag>> {
     let mut q = conn.prepare_cached("SELECT manifest FROM tag WHERE repo = ?1 AND name = ?2")?;
     for t in tags {
         let current: Option<String> = q

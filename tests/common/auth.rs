@@ -80,7 +80,11 @@ pub fn cli_ok(data_dir: &Path, args: &[&str], stdin: &str) -> String {
 }
 
 pub fn add_user(b: &Berth, name: &str, password: &str) {
-    cli_ok(&b.data_dir, &["user", "add", name], &format!("{password}\n"));
+    cli_ok(
+        &b.data_dir,
+        &["user", "add", name],
+        &format!("{password}\n"),
+    );
 }
 
 /// `berth token create`; returns the token (the whole of stdout, trimmed).
@@ -183,7 +187,9 @@ pub struct Pushed {
 
 /// Pushes a one-layer image to `repo:tag` with monolithic blob uploads; panics unless every step succeeds.
 pub async fn push_image(base: &str, creds: &Creds, repo: &str, tag: &str, seed: &str) -> Pushed {
-    let config = json!({"architecture": "amd64", "os": "linux", "seed": seed}).to_string().into_bytes();
+    let config = json!({"architecture": "amd64", "os": "linux", "seed": seed})
+        .to_string()
+        .into_bytes();
     let layer = format!("layer of {seed}").into_bytes();
     for blob in [&config, &layer] {
         let (s, _, b) = send(
@@ -194,7 +200,12 @@ pub async fn push_image(base: &str, creds: &Creds, repo: &str, tag: &str, seed: 
             blob.clone(),
         )
         .await;
-        assert_eq!(s, 201, "blob push to {repo}: {}", String::from_utf8_lossy(&b));
+        assert_eq!(
+            s,
+            201,
+            "blob push to {repo}: {}",
+            String::from_utf8_lossy(&b)
+        );
     }
     let manifest = manifest_for(&config, &layer);
     let (s, _, b) = send(
@@ -205,7 +216,12 @@ pub async fn push_image(base: &str, creds: &Creds, repo: &str, tag: &str, seed: 
         manifest.clone(),
     )
     .await;
-    assert_eq!(s, 201, "manifest push to {repo}: {}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        201,
+        "manifest push to {repo}: {}",
+        String::from_utf8_lossy(&b)
+    );
     Pushed {
         manifest: sha256(&manifest),
         config: sha256(&config),
@@ -224,7 +240,9 @@ pub fn manifest_for(config: &[u8], layer: &[u8]) -> Vec<u8> {
 }
 
 /// The parameters of a `WWW-Authenticate: Bearer …` challenge.
-pub fn challenge(h: &reqwest::header::HeaderMap) -> Option<std::collections::HashMap<String, String>> {
+pub fn challenge(
+    h: &reqwest::header::HeaderMap,
+) -> Option<std::collections::HashMap<String, String>> {
     let v = h.get("www-authenticate")?.to_str().ok()?;
     let rest = v.strip_prefix("Bearer ")?;
     let mut m = std::collections::HashMap::new();

@@ -200,9 +200,11 @@ impl AuthStore for SqliteMetadataStore {
     async fn upload_owner(&self, upload_id: &str) -> Result<Option<String>, MetaError> {
         let id = upload_id.to_owned();
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT principal FROM upload_owner WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT principal FROM upload_owner WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
