@@ -330,6 +330,23 @@ impl Auth {
         }
     }
 
+    /// Whether the caller may mount a blob "from anywhere" (no `from`): only if it may pull every repository.
+    pub fn may_pull_everything(&self, c: &Caller) -> bool {
+        if c.jwt.is_some() {
+            return false;
+        }
+        let (user, admin) = match &c.user {
+            Some(u) => (Some(u.name.as_str()), u.admin),
+            None => (None, false),
+        };
+        let scoped = c.pat.as_ref().is_none_or(|(_, scopes)| {
+            scopes
+                .iter()
+                .any(|s| s.glob == RepoGlob::Pattern("**".into()) && s.actions.has(Action::Pull))
+        });
+        scoped && self.settings.policy.pulls_everything(user, admin)
+    }
+
     /// Whether the caller may list the catalog (the listing itself is filtered by pull rights).
     pub fn may_browse(&self, c: &Caller) -> bool {
         match &c.jwt {

@@ -203,6 +203,28 @@ impl Policy {
         }
     }
 
+    /// Whether `user` may pull every private repository there is or will be: each rule that can match a private
+    /// repository grants it pull, up to a rule covering `**`. Decides mounts "from anywhere", which could otherwise
+    /// reveal blobs of repositories the caller cannot read.
+    pub fn pulls_everything(&self, user: Option<&str>, admin: bool) -> bool {
+        if admin {
+            return true;
+        }
+        for r in &self.rules {
+            let private = r.repositories.iter().any(|g| *g != RepoGlob::Mirrors);
+            if !private {
+                continue;
+            }
+            if !r.pull.iter().any(|g| g.includes(user)) {
+                return false;
+            }
+            if r.repositories.contains(&RepoGlob::Pattern("**".into())) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether tags of a private repository may never move once set.
     pub fn immutable_tags(&self, name: &str) -> bool {
         self.rule(name, RepoKind::Private)
@@ -243,6 +265,37 @@ mod tests {
             p.rights(Some("root"), true, "other", RepoKind::Private),
             Actions::ALL
         );
+    }
+
+    #[test]
+    fn pulls_everything_needs_pull_in_every_rule_up_to_double_star() {
+        let open = Policy {
+            rules: vec![
+                rule(&["mirrors"], &["@all"], &[]),
+                rule(&["**"], &["@all"], &[]),
+            ],
+        };
+        assert!(open.pulls_everything(None, false));
+        let users = Policy {
+            rules: vec![
+                rule(&["team/*"], &["@users"], &[]),
+                rule(&["**"], &["@users"], &[]),
+            ],
+        };
+        assert!(users.pulls_everything(Some("a"), false));
+        assert!(!users.pulls_everything(None, false));
+        let narrow = Policy {
+            rules: vec![
+                rule(&["secret/*"], &["alice"], &[]),
+                rule(&["**"], &["@users"], &[]),
+            ],
+        };
+        assert!(!narrow.pulls_everything(Some("bob"), false));
+        assert!(narrow.pulls_everything(Some("bob"), true));
+        let no_catch_all = Policy {
+            rules: vec![rule(&["team/*"], &["@users"], &[])],
+        };
+        assert!(!no_catch_all.pulls_everything(Some("bob"), false));
     }
 
     #[test]

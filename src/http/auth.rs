@@ -310,7 +310,7 @@ pub async fn authorize(
                         allowed(state, &caller, &ft, &[Action::Pull])
                     }
                     // Mounting "from anywhere" would reveal blobs of repositories the caller cannot read.
-                    None => caller.is_admin(),
+                    None => state.auth.may_pull_everything(&caller),
                 };
                 if !from_ok {
                     strip_mount(req);
