@@ -245,3 +245,95 @@ async fn user_commands_work_on_a_running_server() {
         .success()
     );
 }
+
+/// Audit lines (target `audit`) for failed logins, pushes, deletes and token creation, and no secret in any line
+/// of the server's or the CLI's output.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lines_name_events_and_never_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log_path = dir.path().join("server.log");
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+        .env_remove("BERTH_OPEN_ACCESS")
+        .env("RUST_LOG", "warn,audit=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = auth::cli(&data, &["user", "add", "ci"], "ci-secret-pw\n");
+    assert!(out.status.success());
+    let cli_log = String::from_utf8_lossy(&out.stderr).to_string();
+    let out = auth::cli(
+        &data,
+        &["token", "create", "--user", "ci", "--scope", "**:*"],
+        "",
+    );
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let cli_log = cli_log + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        cli_log.contains("user_added") && cli_log.contains("token_created"),
+        "{cli_log}"
+    );
+
+    let (s, _, _) = send(
+        Method::GET,
+        &format!("{base}/v2/"),
+        &Creds::basic("ci", "wrong-guess-pw"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 401);
+    let ci = Creds::basic("ci", &token);
+    let pushed = auth::push_image(&base, &ci, "team/app", "v1", "audit").await;
+    let (s, _, _) = send(
+        Method::DELETE,
+        &format!("{base}/v2/team/app/manifests/{}", pushed.manifest),
+        &ci,
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 202);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let server_log = std::fs::read_to_string(&log_path).unwrap();
+    let audit: Vec<&str> = server_log.lines().filter(|l| l.contains("audit")).collect();
+    let has = |event: &str, detail: &str| {
+        audit
+            .iter()
+            .any(|l| l.contains(event) && l.contains(detail))
+    };
+    assert!(has("login_failed", "ci"), "{server_log}");
+    assert!(has("\"push\"", "team/app"), "{server_log}");
+    assert!(has("\"delete\"", "team/app"), "{server_log}");
+    let secret_part = token.rsplit('_').next().unwrap();
+    for log in [&server_log, &cli_log] {
+        for secret in [
+            "ci-secret-pw",
+            "wrong-guess-pw",
+            secret_part,
+            common::ADMIN_PASSWORD,
+        ] {
+            assert!(!log.contains(secret), "a secret leaked into a log:\n{log}");
+        }
+    }
+}

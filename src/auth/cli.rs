@@ -117,7 +117,19 @@ fn open(args: &DataArgs) -> anyhow::Result<Accounts> {
     Ok(Accounts::new(Arc::new(store)))
 }
 
+/// The commands write the same `audit` lines as the server (user added, token created, …) to stderr, so the
+/// record of account changes does not depend on which side made them. `RUST_LOG` overrides the filter.
+fn init_audit_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,audit=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    init_audit_log();
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -243,10 +255,12 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_auth(args: AuthArgs) -> anyhow::Result<()> {
+    init_audit_log();
     let (dir, _) = data_dir(&args.data)?;
     match args.command {
         AuthCommand::RotateKey => {
             let path = super::jwt::write_new_key(&dir)?;
+            tracing::info!(target: "audit", event = "signing_key_rotated", path = %path.display(), "token signing key rotated");
             eprintln!(
                 "new signing key written to {}; access tokens signed with the old key are refused from now on",
                 path.display()
