@@ -16,6 +16,8 @@ pub struct Config {
     pub storage: Storage,
     pub limits: Limits,
     pub log: Log,
+    /// Access control: users, tokens, policies (docs/auth.md).
+    pub auth: Auth,
     /// Pull-through caches of upstream registries (`[[mirror]]` tables). Absent: the four well-known public
     /// registries; `mirror = []` disables mirroring.
     pub mirror: Vec<Mirror>,
@@ -151,6 +153,7 @@ impl Default for Config {
             gc: Gc::default(),
             retention: Retention::default(),
             scrub: Scrub::default(),
+            auth: Auth::default(),
             mirror: vec![
                 Mirror::new("docker.io", "https://registry-1.docker.io", &["hub"]),
                 Mirror::new("ghcr.io", "https://ghcr.io", &[]),
@@ -173,6 +176,144 @@ pub struct Server {
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// HTTPS listeners (`[server.tls]`); the plain `listen` addresses stay available, e.g. for loopback or a proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// HTTPS listeners serving the same registry from a certificate and key in PEM files, reloaded when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub listen: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Access control (`[auth]`). Policies decide per repository glob who may pull, push and delete.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// The `service` of token challenges and the audience of access tokens.
+    pub service: String,
+    /// Base URL clients reach berth at, for the token realm (`<realm>/token`); unset: taken from each request's
+    /// `Host` header and listener scheme. Set it behind a TLS-terminating proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Lifetime of access tokens from the token endpoint.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Answer `/v2/` and `/v2/_catalog` to anonymous callers instead of challenging them.
+    pub anonymous_browse: bool,
+    /// Failed logins allowed per source address and per user name within `failed_login_window`; 0: unlimited.
+    pub max_failed_logins: u32,
+    #[serde(with = "humantime_serde")]
+    pub failed_login_window: Duration,
+    /// Ordered rules; the first whose `repositories` match decides. No match: admins only.
+    pub policy: Vec<AuthPolicy>,
+}
+
+/// One `[[auth.policy]]` rule. Lists name users, `@users` (anyone signed in) or `@all` (anonymous callers too).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    /// Repository globs: `*` within a path component, `**` across, `mirrors` for every mirrored repository.
+    pub repositories: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete: Vec<String>,
+    /// A pushed tag never moves to another manifest (and is not deleted by tag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable_tags: bool,
+}
+
+impl AuthPolicy {
+    fn new(repositories: &[&str], pull: &[&str], push: &[&str], delete: &[&str]) -> AuthPolicy {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        AuthPolicy {
+            repositories: v(repositories),
+            pull: v(pull),
+            push: v(push),
+            delete: v(delete),
+            immutable_tags: false,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            service: "berth".into(),
+            realm: None,
+            token_ttl: Duration::from_secs(300),
+            anonymous_browse: false,
+            max_failed_logins: 10,
+            failed_login_window: Duration::from_secs(300),
+            policy: vec![
+                AuthPolicy::new(&["mirrors"], &["@all"], &[], &[]),
+                AuthPolicy::new(&["**"], &["@users"], &["@users"], &["@users"]),
+            ],
+        }
+    }
+}
+
+impl Auth {
+    /// `serve --open-access`: every repository open to anonymous pull, push and delete, nothing challenged. For
+    /// development and tests only.
+    pub fn open_access(&mut self) {
+        self.anonymous_browse = true;
+        self.policy = vec![
+            AuthPolicy::new(&["mirrors"], &["@all"], &[], &[]),
+            AuthPolicy::new(&["**"], &["@all"], &["@all"], &["@all"]),
+        ];
+    }
+
+    /// The policy rules, checked.
+    pub fn compile(&self) -> Result<crate::auth::Policy, ConfigError> {
+        use crate::auth::policy::{Grantee, Rule};
+        let bad = |e: String| ConfigError::Invalid(format!("auth.policy: {e}"));
+        let grantees = |l: &[String]| -> Result<Vec<Grantee>, ConfigError> {
+            l.iter().map(|g| Grantee::parse(g).map_err(bad)).collect()
+        };
+        let mut rules = Vec::new();
+        for p in &self.policy {
+            if p.repositories.is_empty() {
+                return Err(bad("every rule needs repositories".into()));
+            }
+            rules.push(Rule {
+                repositories: p
+                    .repositories
+                    .iter()
+                    .map(|g| {
+                        g.parse()
+                            .map_err(|e: crate::auth::glob::GlobError| bad(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                pull: grantees(&p.pull)?,
+                push: grantees(&p.push)?,
+                delete: grantees(&p.delete)?,
+                immutable_tags: p.immutable_tags,
+            });
+        }
+        if self.service.is_empty() || self.service.contains('"') {
+            return Err(ConfigError::Invalid(
+                "auth.service must be a non-empty string without quotes".into(),
+            ));
+        }
+        if let Some(r) = &self.realm
+            && !(r.starts_with("https://") || r.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "auth.realm {r:?} must start with https:// or http://"
+            )));
+        }
+        Ok(crate::auth::Policy { rules })
+    }
 }
 
 /// A listener whose unprefixed repositories belong to one mirror (design §3, `default_mirror`).
@@ -226,6 +367,7 @@ impl Default for Server {
             listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()],
             mirror_listener: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -385,6 +527,11 @@ shutdown_timeout = "30s"
 # [[server.mirror_listener]]
 # listen = "0.0.0.0:5001"
 # mirror = "docker.io"
+# HTTPS listeners from PEM files, reloaded when the files change (plain `listen` stays available):
+# [server.tls]
+# listen = ["0.0.0.0:5443"]
+# cert = "/etc/berth/tls/cert.pem"
+# key = "/etc/berth/tls/key.pem"
 
 [storage]
 # Blobs (blobs/, uploads/, tmp/) and the SQLite metadata database (berth.db) live here.
@@ -438,6 +585,37 @@ jitter = "1h"
 deep = false
 # Bytes per second a scheduled deep scrub may read ("0 B": unlimited).
 max_rate = "50.0 MiB"
+
+[auth]
+# Access control; see docs/auth.md. Users and tokens live in the database (`berth user`, `berth token`).
+# The `service` of token challenges and the audience of access tokens.
+service = "berth"
+# realm: base URL clients reach berth at, for the token endpoint (<realm>/token). Unset: from the request's Host.
+# realm = "https://registry.example.com"
+# Lifetime of access tokens handed out by /token.
+token_ttl = "5m"
+# Answer /v2/ and /v2/_catalog to anonymous callers without a challenge (the catalog only lists what they may pull).
+anonymous_browse = false
+# Failed logins allowed per source address and per user name within failed_login_window (0: unlimited).
+max_failed_logins = 10
+failed_login_window = "5m"
+
+# Policies: the first rule whose `repositories` globs match a repository decides who may pull, push and delete it
+# ("*" within a path component, "**" across, "mirrors" = every mirrored repository, named by mirror and upstream
+# path, e.g. docker.io/library/alpine). Lists name users, "@users" (anyone signed in) or "@all" (anonymous too).
+# `immutable_tags = true` refuses pushes that would move an existing tag. Admins may do everything; mirrors are
+# read-only. No matching rule: admins only. Writing any [[auth.policy]] replaces these defaults.
+[[auth.policy]]
+# Mirrors: anyone may pull (containerd does not send pull secrets to mirrors).
+repositories = ["mirrors"]
+pull = ["@all"]
+
+[[auth.policy]]
+# Private repositories: any signed-in user.
+repositories = ["**"]
+pull = ["@users"]
+push = ["@users"]
+delete = ["@users"]
 
 # Pull-through caches. Clients reach a mirror by path prefix (/v2/docker.io/library/alpine/...), by containerd's
 # ?ns=<host> (hosts.toml mirrors), or through an alias. Mirrors are read-only: pushes and deletes are refused.
@@ -540,7 +718,8 @@ impl Config {
             .server
             .listen
             .iter()
-            .chain(self.server.mirror_listener.iter().map(|l| &l.listen));
+            .chain(self.server.mirror_listener.iter().map(|l| &l.listen))
+            .chain(self.server.tls.iter().flat_map(|t| &t.listen));
         for l in listens {
             l.parse::<std::net::SocketAddr>().map_err(|e| {
                 ConfigError::Invalid(format!("server.listen: {l:?} is not an address:port ({e})"))
@@ -563,6 +742,7 @@ impl Config {
                 "limits.max_manifest_size must be positive".into(),
             ));
         }
+        self.auth.compile()?;
         let mut seen = std::collections::HashSet::new();
         for m in &self.mirror {
             m.validate()?;

@@ -1,5 +1,6 @@
 //! berth: a self-hosted OCI registry and pull-through cache. The binary (`main.rs`) is a thin CLI over this library.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod maint;
@@ -11,3 +12,4 @@ pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -34,6 +34,10 @@ struct ServeArgs {
     /// configured mirror of the same name.
     #[arg(long = "mirror", value_name = "NAME=URL")]
     mirrors: Vec<String>,
+    /// Open every repository to anonymous pull, push and delete, with no challenge (development and tests only;
+    /// replaces the auth policies).
+    #[arg(long, env = "BERTH_OPEN_ACCESS")]
+    open_access: bool,
 }
 
 /// Where the data is, for commands that work on a data directory.
@@ -116,6 +120,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage users (also while the server runs).
+    User(berth::auth::cli::UserArgs),
+    /// Manage personal access tokens (also while the server runs).
+    Token(berth::auth::cli::TokenArgs),
+    /// Access-token signing key.
+    Auth(berth::auth::cli::AuthArgs),
     /// Mirror helpers.
     Mirror {
         #[command(subcommand)]
@@ -165,6 +175,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         let m = berth::config::Mirror::from_flag(flag)?;
         config.mirror.retain(|existing| existing.name != m.name);
         config.mirror.push(m);
+    }
+    if args.open_access {
+        config.auth.open_access();
     }
     config.validate()?;
     Ok(config)
@@ -233,6 +246,9 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(berth::server::serve(config))
         }),
+        Command::User(args) => berth::auth::cli::run_user(args),
+        Command::Token(args) => berth::auth::cli::run_token(args),
+        Command::Auth(args) => berth::auth::cli::run_auth(args),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -49,6 +49,44 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     })
 }
 
+/// Opens access control on the data directory: the user/token store (the same SQLite database, through its own
+/// connections) and the token signing key, created on first start.
+pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
+    let dir = &config.storage.data_dir;
+    let store = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
+        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let key = crate::auth::SigningKey::open(dir)?;
+    let a = &config.auth;
+    let settings = crate::auth::Settings {
+        policy: a.compile()?,
+        service: a.service.clone(),
+        realm: a.realm.clone(),
+        token_ttl: a.token_ttl,
+        anonymous_browse: a.anonymous_browse,
+        max_failed_logins: a.max_failed_logins,
+        failed_login_window: a.failed_login_window,
+    };
+    Ok(crate::auth::Auth::new(Arc::new(store), key, settings))
+}
+
+/// First start: no users yet, so create `admin`, with `BERTH_ADMIN_PASSWORD` or a random password shown once.
+async fn bootstrap_admin(auth: &crate::auth::Auth) -> anyhow::Result<()> {
+    let from_env = std::env::var("BERTH_ADMIN_PASSWORD").ok();
+    let given = from_env.as_deref().is_some_and(|p| !p.is_empty());
+    match auth.accounts.bootstrap_admin(from_env).await? {
+        // Written to stderr directly rather than through tracing, so log shippers that collect structured
+        // events do not store it; it is the only time it is ever shown.
+        Some(pw) => eprintln!(
+            "\n  berth: created user 'admin' with password: {pw}\n  (shown once; change it with `berth user passwd admin`)\n"
+        ),
+        None if given => {
+            tracing::info!("created user 'admin' with the password from BERTH_ADMIN_PASSWORD")
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 /// Binds a listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can both be bound.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = if addr.is_ipv6() {
@@ -111,10 +149,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     mirrors.start_eviction();
     crate::maint::scheduler::start(maintenance, &config, policies);
+    let auth = Arc::new(open_auth(&config)?);
+    bootstrap_admin(&auth).await?;
+    {
+        let auth = auth.clone();
+        registry.set_immutable_tags(Arc::new(move |r| auth.immutable_tags(r.as_str())));
+    }
     let state = crate::http::AppState {
         registry: registry.clone(),
         mirrors: mirrors.clone(),
         default_mirror: None,
+        auth,
+        tls: false,
     };
     let mut plan: Vec<(&str, crate::http::AppState)> = config
         .server
@@ -138,6 +184,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ));
     }
 
+    let mut tls_listeners = Vec::new();
+    if let Some(tls) = &config.server.tls {
+        let cert = Arc::new(crate::tls::ReloadingCert::open(&tls.cert, &tls.key)?);
+        for l in &tls.listen {
+            let addr: SocketAddr = l
+                .parse()
+                .with_context(|| format!("invalid listen address {l:?}"))?;
+            let tcp = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+            let app = crate::http::router(crate::http::AppState {
+                tls: true,
+                ..state.clone()
+            });
+            tls_listeners.push((addr, crate::tls::TlsListener::new(tcp, cert.clone())?, app));
+        }
+    }
+
     let mut listeners = Vec::new();
     for (l, state) in plan {
         let addr: SocketAddr = l
@@ -159,11 +221,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "berth listening");
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+    for (addr, listener, app) in tls_listeners {
+        use axum::serve::ListenerExt;
+        tracing::info!(%addr, "berth listening (https)");
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(
+                listener.tap_io(|_| {}),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         });
     }
 

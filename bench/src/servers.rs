@@ -221,7 +221,9 @@ async fn start_berth_with(
     }
     let port = free_port()?;
     let mut cmd = Command::new(bin);
+    // Anonymous access, like the distribution it is compared with (which runs without auth).
     cmd.arg("serve")
+        .arg("--open-access")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")

@@ -1,6 +1,8 @@
 //! The HTTP adapter: routes `/v2/...` requests to the registry domain and shapes responses per the distribution
 //! spec. No registry rule lives here — only parsing of requests and formatting of responses.
 
+mod admin;
+mod auth;
 mod endpoint;
 mod error;
 
@@ -44,6 +46,10 @@ pub struct AppState {
     pub mirrors: Arc<Mirrors>,
     /// On a mirror listener: the mirror that owns every repository not otherwise routed.
     pub default_mirror: Option<Arc<Mirror>>,
+    /// Access control (policies, users, tokens).
+    pub auth: Arc<crate::auth::Auth>,
+    /// Whether this listener is HTTPS (for the token realm's scheme).
+    pub tls: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/token", get(token))
+        .merge(admin::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -182,11 +190,53 @@ fn unsupported(method: &Method) -> RegistryError {
     RegistryError::Unsupported(format!("method {method} is not supported on this endpoint"))
 }
 
-async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
-    match route(&state, req).await {
+/// The source address of a request, when the listener recorded it.
+fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+async fn token(State(state): State<AppState>, req: Request) -> Response {
+    let ip = peer_ip(&req);
+    auth::token_endpoint(&state, req, ip).await
+}
+
+/// Access control first (`auth::authorize`), then the registry; afterwards binds a new upload session to its
+/// caller and writes the audit line of a push or delete.
+async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
+    let ip = peer_ip(&req);
+    if let Err(refused) = auth::authorize(&state, &mut req, ip).await {
+        return refused;
+    }
+    let caller = req
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .cloned()
+        .unwrap_or_default();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = match route(&state, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if method == Method::POST
+        && resp.status() == StatusCode::ACCEPTED
+        && let Some(id) = header_str(resp.headers(), &DOCKER_UPLOAD_UUID)
+        && let Err(e) = state.auth.bind_upload(id, &caller).await
+    {
+        return RegistryError::Internal(e.to_string()).into_response();
     }
+    if resp.status().is_success() {
+        let event = match (&method, route_label(&path)) {
+            (&Method::PUT, "manifest") => Some("push"),
+            (&Method::DELETE, "manifest" | "blob") => Some("delete"),
+            _ => None,
+        };
+        if let Some(event) = event {
+            tracing::info!(target: "audit", event, user = caller.principal(), path, "registry write");
+        }
+    }
+    resp
 }
 
 async fn route(state: &AppState, req: Request) -> Result<Response> {
@@ -217,7 +267,14 @@ async fn route(state: &AppState, req: Request) -> Result<Response> {
         (Endpoint::Base, &Method::GET | &Method::HEAD) => {
             Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
         }
-        (Endpoint::Catalog, &Method::GET) => catalog(reg, &query(&req)).await,
+        (Endpoint::Catalog, &Method::GET) => {
+            let caller = req
+                .extensions()
+                .get::<crate::auth::Caller>()
+                .cloned()
+                .unwrap_or_default();
+            catalog(state, &caller, &query(&req)).await
+        }
         (Endpoint::Tags { name }, &Method::GET) => tags(reg, &repo(name)?, &query(&req)).await,
         (Endpoint::Manifest { name, reference }, m) => {
             let repo = repo(name)?;
@@ -728,9 +785,40 @@ async fn tags(reg: &Registry, repo: &RepoName, q: &[(String, String)]) -> Result
     Ok(r)
 }
 
-async fn catalog(reg: &Registry, q: &[(String, String)]) -> Result<Response> {
+/// The catalog lists only repositories the caller may pull; filtering happens before pagination, so pages stay
+/// full and `Link` stays right.
+async fn catalog(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    q: &[(String, String)],
+) -> Result<Response> {
+    const BATCH: usize = 1000;
     let (p, n) = page(q)?;
-    let repos = reg.catalog(&p).await?;
+    let mut repos = Vec::new();
+    let mut last = p.last.clone();
+    loop {
+        let batch_n = BATCH.max(p.n.unwrap_or(0));
+        let batch = state
+            .registry
+            .catalog(&Page {
+                n: Some(batch_n),
+                last: last.clone(),
+            })
+            .await?;
+        let done = batch.len() < batch_n;
+        last = batch.last().cloned();
+        repos.extend(
+            batch
+                .into_iter()
+                .filter(|r| auth::may_list(state, caller, r)),
+        );
+        if done || p.n.is_some_and(|want| repos.len() >= want) {
+            break;
+        }
+    }
+    if let Some(want) = p.n {
+        repos.truncate(want);
+    }
     let (repos, link) = paginate(repos, n, "/v2/_catalog");
     let body = serde_json::to_vec(&serde_json::json!({ "repositories": repos }))
         .map_err(|e| RegistryError::Internal(e.to_string()))?;

@@ -68,6 +68,8 @@ pub struct NewManifest {
     pub record: ManifestRecord,
     pub refs: Vec<NewRef>,
     pub tags: Vec<Tag>,
+    /// Refuse the write if it would move any of `tags` that already points at another manifest.
+    pub immutable_tags: bool,
 }
 
 /// Why a manifest cannot be stored: invariant 1 would break.
@@ -81,6 +83,8 @@ pub enum ManifestRejection {
         declared: u64,
         actual: u64,
     },
+    /// The repository's tags are immutable and this tag already names another manifest.
+    TagImmutable(Tag),
 }
 
 /// Outcome of removing a manifest or a blob link.

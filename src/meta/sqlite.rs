@@ -14,6 +14,8 @@ use super::{
 };
 use crate::oci::{Digest, RepoName, name::Tag};
 
+mod auth;
+
 /// Versioned schema; `user_version` records how far a database has been migrated.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -103,6 +105,31 @@ CREATE TABLE maint_run (
     summary TEXT
 );
 CREATE INDEX maint_run_kind ON maint_run(kind, id);
+"#,
+    // Access control (see `sqlite/auth.rs`): users, personal access tokens (only a hash of the secret), and the
+    // principal that opened each upload session (a session is continued only by whoever opened it).
+    r#"
+CREATE TABLE auth_user (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE auth_token (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES auth_user(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    last_used INTEGER
+);
+CREATE INDEX auth_token_user ON auth_token(user);
+CREATE TABLE upload_owner (
+    id TEXT PRIMARY KEY REFERENCES upload(id) ON DELETE CASCADE,
+    principal TEXT NOT NULL
+);
 "#,
 ];
 
@@ -319,6 +346,26 @@ pub(super) fn tombstone(conn: &Connection, digest: &str) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The first of `tags` that exists and points at a manifest other than `digest` (checked inside the writing
+/// transaction, so two racing pushes cannot both "create" an immutable tag).
+fn moved_tag(
+    conn: &Connection,
+    repo: i64,
+    tags: &[Tag],
+    digest: &str,
+) -> rusqlite::Result<Option<Tag>> {
+    let mut q = conn.prepare_cached("SELECT manifest FROM tag WHERE repo = ?1 AND name = ?2")?;
+    for t in tags {
+        let current: Option<String> = q
+            .query_row(params![repo, t.as_str()], |r| r.get(0))
+            .optional()?;
+        if current.is_some_and(|c| c != digest) {
+            return Ok(Some(t.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Makes a blob visible in a repository (idempotent). `created_at` is the link's last confirmation, from which
 /// garbage collection counts its grace period, so linking again (a re-push, a mount) renews it.
 fn link_blob(conn: &Connection, repo: i64, digest: &str) -> rusqlite::Result<()> {
@@ -532,6 +579,11 @@ impl MetadataStore for SqliteMetadataStore {
             }
             let rec = &m.record;
             let digest = rec.digest.to_string();
+            if m.immutable_tags
+                && let Some(tag) = moved_tag(&tx, id, &m.tags, &digest)?
+            {
+                return Ok(Err(ManifestRejection::TagImmutable(tag)));
+            }
             let t = now();
             insert_manifest(&tx, id, rec, t)?;
             {

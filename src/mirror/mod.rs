@@ -98,6 +98,17 @@ impl Mirrors {
         Ok(Mirrors { by_name, registry })
     }
 
+    /// Every configured mirror once (aliases not repeated).
+    pub fn all(&self) -> Vec<Arc<Mirror>> {
+        let mut v: Vec<Arc<Mirror>> = Vec::new();
+        for m in self.by_name.values() {
+            if !v.iter().any(|x| Arc::ptr_eq(x, m)) {
+                v.push(m.clone());
+            }
+        }
+        v
+    }
+
     /// A mirror by name or alias.
     pub fn get(&self, name: &str) -> Option<Arc<Mirror>> {
         self.by_name.get(name).cloned()

@@ -69,6 +69,9 @@ fn rejection_error(r: ManifestRejection) -> RegistryError {
         } => RegistryError::ManifestInvalid(format!(
             "descriptor of {digest} declares size {declared} but the stored object has {actual} bytes"
         )),
+        ManifestRejection::TagImmutable(t) => RegistryError::Denied(format!(
+            "tag {t} is immutable in this repository and already names another manifest"
+        )),
     }
 }
 
@@ -152,6 +155,7 @@ impl Registry {
                 record,
                 refs,
                 tags: tags.clone(),
+                immutable_tags: self.immutable_tags(repo),
             })
             .await?
             .map_err(rejection_error)?;
@@ -241,6 +245,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         match reference {
             Reference::Tag(t) => {
+                if self.immutable_tags(repo) {
+                    return Err(RegistryError::Denied(format!(
+                        "tag {t} is immutable in this repository; it cannot be deleted by tag"
+                    )));
+                }
                 if self.meta.delete_tag(repo, t).await? {
                     Ok(())
                 } else {

@@ -40,7 +40,11 @@ pub struct Registry {
     digest_locks: DigestLocks,
     /// Manifests pulled since the last flush; see `flush_pulls`.
     pulls: Mutex<HashSet<(RepoName, Digest)>>,
+    immutable_tags: std::sync::OnceLock<TagRule>,
 }
+
+/// Decides which repositories have immutable tags (from the access policy; see `set_immutable_tags`).
+pub type TagRule = Arc<dyn Fn(&RepoName) -> bool + Send + Sync>;
 
 /// A blob ready to stream to a client.
 pub struct BlobDownload {
@@ -89,6 +93,7 @@ impl Registry {
             manifests: ManifestCache::new(64 << 20),
             digest_locks: DigestLocks::default(),
             pulls: Default::default(),
+            immutable_tags: std::sync::OnceLock::new(),
         }
     }
 
@@ -97,6 +102,15 @@ impl Registry {
     pub fn with_lock_file(mut self, file: std::path::PathBuf) -> Registry {
         self.digest_locks = DigestLocks::shared_with_processes(file);
         self
+    }
+
+    /// Installs the rule naming repositories whose tags never move once pushed (set once, at start-up).
+    pub fn set_immutable_tags(&self, rule: TagRule) {
+        let _ = self.immutable_tags.set(rule);
+    }
+
+    fn immutable_tags(&self, repo: &RepoName) -> bool {
+        self.immutable_tags.get().is_some_and(|r| r(repo))
     }
 
     /// Serialises changes to one digest's bytes and row (see `digest_locks`). Every path that publishes bytes and

@@ -1,5 +1,9 @@
 //! Shared harness for black-box tests: starts the real `berth` binary on a free loopback port with a fresh data
 //! directory and stops it when dropped.
+//!
+//! `start`, `start_with` and `start_on` run berth with `BERTH_OPEN_ACCESS=1` (`serve --open-access`): every
+//! repository open to anonymous pull, push and delete, as the protocol and client tests assume. Access-control tests
+//! use `start_secure*`, which keeps berth's secure defaults and sets the admin password to [`ADMIN_PASSWORD`].
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -15,7 +19,12 @@ pub struct Berth {
     /// Keeps the temporary data directory alive for the server's lifetime.
     _tmp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
+    /// Started with `--open-access` (the default for tests not about access control).
+    open_access: bool,
 }
+
+/// The password of the `admin` user created on first start by the `start_secure*` constructors.
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
 
 /// Asks the OS for a free loopback port.
 pub fn free_port() -> u16 {
@@ -33,20 +42,34 @@ impl Berth {
     pub fn start_with(extra: &[&str]) -> Berth {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut b = Self::spawn(&data_dir, extra);
+        let mut b = Self::spawn(&data_dir, extra, true);
         b._tmp = Some(tmp);
         b
     }
 
     /// Starts berth on an existing data directory (for restart tests).
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> Berth {
-        Self::spawn(data_dir, extra)
+        Self::spawn(data_dir, extra, true)
     }
 
-    fn spawn(data_dir: &Path, extra: &[&str]) -> Berth {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
+    /// Starts berth with its secure defaults (no `--open-access`) on a fresh data directory; the first start
+    /// creates `admin` with [`ADMIN_PASSWORD`].
+    pub fn start_secure(extra: &[&str]) -> Berth {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut b = Self::spawn(&data_dir, extra, false);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    /// [`Berth::start_secure`] on an existing data directory.
+    pub fn start_secure_on(data_dir: &Path, extra: &[&str]) -> Berth {
+        Self::spawn(data_dir, extra, false)
+    }
+
+    fn command(port: u16, data_dir: &Path, extra: &[&str], open_access: bool) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -56,7 +79,19 @@ impl Berth {
                 "RUST_LOG",
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(Stdio::null())
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdin(Stdio::null());
+        if open_access {
+            c.env("BERTH_OPEN_ACCESS", "true");
+        } else {
+            c.env_remove("BERTH_OPEN_ACCESS");
+        }
+        c
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], open_access: bool) -> Berth {
+        let port = free_port();
+        let child = Self::command(port, data_dir, extra, open_access)
             .spawn()
             .expect("spawn berth");
         let b = Berth {
@@ -65,6 +100,7 @@ impl Berth {
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            open_access,
         };
         b.wait_ready();
         b
@@ -101,18 +137,7 @@ impl Berth {
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra_args.iter().map(|s| s.as_str()).collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
+        let child = Self::command(self.port, &self.data_dir, &extra, self.open_access)
             .spawn()
             .expect("respawn berth");
         self.child = child;
