@@ -45,6 +45,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write images to one tar that is an OCI image layout and a `docker load` archive (docs/export-import.md).
+    Export(berth::archive::cli::ExportArgs),
+    /// Import images from an OCI layout tar or a `docker save` tar.
+    Import(berth::archive::cli::ImportArgs),
+    /// Import the storage root of a stopped CNCF distribution (registry:2), reporting anything broken.
+    ImportDistribution(berth::archive::cli::ImportDistributionArgs),
     /// Mirror helpers.
     Mirror {
         #[command(subcommand)]
@@ -165,6 +171,9 @@ fn main() -> ExitCode {
                     images,
                 },
         } => prefetch(&server, &images, &platforms, quiet),
+        Command::Export(args) => berth::archive::cli::export(args),
+        Command::Import(args) => berth::archive::cli::import(args),
+        Command::ImportDistribution(args) => berth::archive::cli::import_distribution(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
