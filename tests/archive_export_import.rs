@@ -610,8 +610,19 @@ async fn containerd_imports_an_export() {
         out.to_str().unwrap(),
     ]);
     let ls = ctrd.ctr_ok(&["-n", "arch", "images", "ls"]);
-    assert!(ls.contains(&s.multi.1.digest), "{ls}");
-    assert!(ls.contains(&s.single.1.digest), "{ls}");
+    // Named from io.containerd.image.name, every platform of the index.
+    let line = |name: &str| {
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not imported:\n{ls}"))
+            .to_string()
+    };
+    let multi = line("team/multi:v1");
+    assert!(
+        multi.contains(&s.multi.1.digest) && multi.contains("linux/amd64,linux/arm64"),
+        "{ls}"
+    );
+    assert!(line("team/single:v1").contains(&s.single.1.digest), "{ls}");
     let check = ctrd.ctr_ok(&["-n", "arch", "images", "check"]);
     assert!(
         !check.contains("incomplete") && !check.contains("missing"),

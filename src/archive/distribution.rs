@@ -229,7 +229,7 @@ impl Importer<'_> {
             digest: digest.map(|d| d.to_string()),
             message,
         };
-        self.progress.println(format!("problem: {p}"));
+        self.progress.note(format!("problem: {p}"));
         self.report.problems.push(p);
     }
 

@@ -57,6 +57,13 @@ impl Progress {
         }
     }
 
+    /// A line above the bar on a terminal; nothing otherwise (for what the caller also reports at the end).
+    pub fn note(&self, line: String) {
+        if !self.bar.is_hidden() {
+            self.bar.println(line);
+        }
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

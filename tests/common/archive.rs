@@ -129,3 +129,84 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
+
+/// A CNCF distribution (`docker-registry`, Debian package `docker-registry`) with filesystem storage at `root`,
+/// listening on a free loopback port; killed when dropped.
+pub struct Distribution {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Distribution {
+    pub fn start(root: &Path) -> Distribution {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::common::free_port();
+        std::fs::create_dir_all(root).unwrap();
+        let yaml = format!(
+            "version: 0.1\n\
+             log:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {root:?}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: berth-archive-test\n"
+        );
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // REGISTRY_* variables override the config file; none may leak in from the environment.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd.spawn().expect("spawn docker-registry");
+        let mut d = Distribution {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("docker-registry exited ({st}); its log:\n{}", d.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not listen within 30 s; its log:\n{}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process and waits for it (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
