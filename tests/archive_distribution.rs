@@ -266,6 +266,28 @@ async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
         ),
         "{stdout}"
     );
+
+    // Over HTTP into a running berth: the same report and the same result.
+    let live = Berth::start();
+    let out = berth(&[
+        "import-distribution",
+        root.to_str().unwrap(),
+        "--server",
+        &live.url(),
+    ]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(problems(&stdout), expected, "{stdout}");
+    assert!(
+        stdout.contains("imported 7 repositories, 5 tags, 7 manifests, 17 blobs ("),
+        "{stdout}"
+    );
+    let (_, dcd, _) = http_manifest(&live.host(), "team/multi", "v1").await;
+    assert_eq!(dcd, m_d.digest);
+    assert_eq!(
+        status(&format!("{}/v2/broken/index/manifests/v1", live.url())).await,
+        404
+    );
 }
 
 #[test]

@@ -593,7 +593,7 @@ impl Importer<'_> {
         let body = Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
         let (body, check) = verified(body, digest.clone(), size, self.progress.clone());
         let result = self.dest.put_blob(repo, digest, size, body).await;
-        if let Some(m) = check.lock().take() {
+        if let Some(m) = check.mismatch() {
             let why = match m {
                 super::import::StreamMismatch::Digest { actual, .. } => {
                     format!("data file is corrupt: it hashes to {actual}")

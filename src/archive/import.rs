@@ -209,7 +209,7 @@ pub async fn push_blob(
     }
     let (body, check) = verified(body, digest.clone(), size, progress.clone());
     let result = dest.put_blob(repo, digest, size, body).await;
-    if let Some(e) = check.lock().take() {
+    if let Some(e) = check.mismatch() {
         return Err(e.named(entry).into());
     }
     result?;
@@ -241,16 +241,63 @@ impl StreamMismatch {
     }
 }
 
+/// Shared state of a [`verified`] stream: what was hashed so far.
+type HashState = Arc<Mutex<(DigestHasher, u64)>>;
+
+/// The verdict on a [`verified`] stream, asked after the upload.
+pub struct StreamCheck {
+    state: HashState,
+    digest: Digest,
+    size: u64,
+    slot: Arc<Mutex<Option<StreamMismatch>>>,
+}
+
+impl StreamCheck {
+    /// The mismatch found, if any. An HTTP client stops reading the body once it has sent `Content-Length` bytes,
+    /// so the stream's own end check may never run: the bytes hashed so far are judged here too.
+    pub fn mismatch(&self) -> Option<StreamMismatch> {
+        if let Some(m) = self.slot.lock().take() {
+            return Some(m);
+        }
+        let (hasher, count) = {
+            let s = self.state.lock();
+            (s.0.clone(), s.1)
+        };
+        if count > self.size {
+            return Some(StreamMismatch::Size {
+                expected: self.size,
+                actual: count,
+            });
+        }
+        if count < self.size {
+            // Not everything was sent (the upload failed first): nothing to judge.
+            return None;
+        }
+        let actual = hasher.finish();
+        (actual != self.digest).then(|| StreamMismatch::Digest {
+            expected: self.digest.clone(),
+            actual,
+        })
+    }
+}
+
 /// Wraps a body so it is hashed and counted as the registry reads it; after the last chunk, a mismatch turns into
-/// a stream error (so the upload fails instead of completing) and is left in the returned slot.
+/// a stream error (so a reader that reads to the end fails the upload instead of completing it). Ask the returned
+/// [`StreamCheck`] after the upload, whatever its outcome.
 pub fn verified(
     body: crate::store::ByteStream,
     digest: Digest,
     size: u64,
     progress: Progress,
-) -> (crate::store::ByteStream, Arc<Mutex<Option<StreamMismatch>>>) {
-    let state = Arc::new(Mutex::new((digest.algorithm().hasher(), 0u64)));
+) -> (crate::store::ByteStream, StreamCheck) {
+    let state: HashState = Arc::new(Mutex::new((digest.algorithm().hasher(), 0u64)));
     let slot = Arc::new(Mutex::new(None));
+    let check = StreamCheck {
+        state: state.clone(),
+        digest: digest.clone(),
+        size,
+        slot: slot.clone(),
+    };
     let counting = {
         let state = state.clone();
         body.map(move |chunk| {
@@ -262,38 +309,35 @@ pub fn verified(
             Ok(chunk)
         })
     };
-    let end = {
-        let slot = slot.clone();
-        futures_util::stream::once(async move {
-            let (hasher, count): (DigestHasher, u64) = {
-                let s = state.lock();
-                (s.0.clone(), s.1)
-            };
-            let mismatch = if count != size {
-                Some(StreamMismatch::Size {
-                    expected: size,
-                    actual: count,
-                })
-            } else {
-                let actual = hasher.finish();
-                (actual != digest).then_some(StreamMismatch::Digest {
-                    expected: digest,
-                    actual,
-                })
-            };
-            match mismatch {
-                Some(m) => {
-                    *slot.lock() = Some(m);
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "content does not match its digest",
-                    ))
-                }
-                None => Ok(Bytes::new()),
+    let end = futures_util::stream::once(async move {
+        let (hasher, count): (DigestHasher, u64) = {
+            let s = state.lock();
+            (s.0.clone(), s.1)
+        };
+        let mismatch = if count != size {
+            Some(StreamMismatch::Size {
+                expected: size,
+                actual: count,
+            })
+        } else {
+            let actual = hasher.finish();
+            (actual != digest).then_some(StreamMismatch::Digest {
+                expected: digest,
+                actual,
+            })
+        };
+        match mismatch {
+            Some(m) => {
+                *slot.lock() = Some(m);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "content does not match its digest",
+                ))
             }
-        })
-    };
-    (Box::pin(counting.chain(end)), slot)
+            None => Ok(Bytes::new()),
+        }
+    });
+    (Box::pin(counting.chain(end)), check)
 }
 
 /// Pushes a manifest under its digest and then each tag, skipping what the registry already has the same way.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 
 use crate::config::Config;
 use crate::oci::{Digest, Reference, RepoName, media};
@@ -494,16 +494,3 @@ impl Destination for HttpRegistry {
 /// A source or destination chosen on the command line.
 pub type SharedSource = Arc<dyn Source>;
 pub type SharedDestination = Arc<dyn Destination>;
-
-/// Reads a whole stream into memory, refusing more than `limit` bytes (manifests only).
-pub async fn read_limited(mut body: ByteStream, limit: u64) -> std::io::Result<Bytes> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if out.len() as u64 + chunk.len() as u64 > limit {
-            return Err(std::io::Error::other(format!("more than {limit} bytes")));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.into())
-}
