@@ -635,6 +635,25 @@ async fn containerd_imports_an_export() {
             "{digest} not imported:\n{content}"
         );
     }
+
+    // And back: what `ctr images export` writes, berth imports with the same digests.
+    let back = s.tmp.path().join("from-ctr.tar");
+    ctrd.ctr_ok(&[
+        "-n",
+        "arch",
+        "images",
+        "export",
+        "--all-platforms",
+        back.to_str().unwrap(),
+        "team/multi:v1",
+        "team/single:v1",
+    ]);
+    let fresh = Berth::start();
+    berth_ok(&["import", back.to_str().unwrap(), "--server", &fresh.url()]);
+    let (_, dcd, _) = http_manifest(&fresh.host(), "team/multi", "v1").await;
+    assert_eq!(dcd, s.multi.1.digest);
+    let (_, dcd, _) = http_manifest(&fresh.host(), "team/single", "v1").await;
+    assert_eq!(dcd, s.single.1.digest);
 }
 
 /// A valid one-image OCI layout as tar entries: (name, bytes) with the layer's name.

@@ -18,8 +18,8 @@ pub struct RegistryArgs {
     /// A running berth, e.g. http://127.0.0.1:5000 (server mode).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// User name for --server (HTTP Basic).
-    #[arg(long, env = "BERTH_USER", requires = "server")]
+    /// User name for --server (HTTP Basic); ignored in data-dir mode.
+    #[arg(long, env = "BERTH_USER")]
     pub user: Option<String>,
     /// Name of the environment variable holding the password or access token for --user.
     #[arg(long, value_name = "VAR", default_value = "BERTH_PASSWORD")]

@@ -60,7 +60,7 @@ impl ArchiveName {
     /// Reads an OCI `ref.name` or docker `RepoTags` entry: with a `/` or `:` it is a reference, else a bare tag.
     pub fn parse(s: &str) -> Result<ArchiveName, ArchiveError> {
         if s.contains('/') || s.contains(':') || s.contains('@') {
-            ImageRef::parse(s)
+            ImageRef::parse_foreign(s)
                 .map(ArchiveName::Image)
                 .map_err(|e| ArchiveError::Invalid(format!("image name {s:?}: {e}")))
         } else {

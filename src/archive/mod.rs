@@ -88,10 +88,20 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    /// `REPO[:TAG]` or `REPO@DIGEST` (tag `latest` when neither is given). A leading registry host
-    /// (`docker.io/…`, `localhost:5000/…`, anything whose first component has a `.` or `:`) is dropped: berth's
-    /// repositories are named without it.
+    /// `REPO[:TAG]` or `REPO@DIGEST` (tag `latest` when neither is given), `REPO` being a repository name of the
+    /// registry as it is (a mirror's cache is `docker.io/library/alpine`).
     pub fn parse(s: &str) -> Result<ImageRef, NameError> {
+        Self::parse_with(s, false)
+    }
+
+    /// [`ImageRef::parse`] for a name found in an archive (`docker.io/library/alpine:3.20`,
+    /// `localhost:5000/app:v1`): a leading registry host — a first component with a `.` or `:`, or `localhost` — is
+    /// dropped, since the image is being imported into this registry, not the one it came from.
+    pub fn parse_foreign(s: &str) -> Result<ImageRef, NameError> {
+        Self::parse_with(s, true)
+    }
+
+    fn parse_with(s: &str, drop_host: bool) -> Result<ImageRef, NameError> {
         let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
             (name, Reference::Digest(digest.parse()?))
         } else {
@@ -101,8 +111,9 @@ impl ImageRef {
                 _ => (s, Reference::Tag("latest".parse()?)),
             }
         };
+        let name = if drop_host { strip_host(name) } else { name };
         Ok(ImageRef {
-            repo: strip_host(name).parse()?,
+            repo: name.parse()?,
             reference,
         })
     }
@@ -218,12 +229,21 @@ mod tests {
             ImageRef::parse("docker.io/library/alpine:3.20")
                 .unwrap()
                 .display(),
+            "docker.io/library/alpine:3.20"
+        );
+        assert_eq!(
+            ImageRef::parse_foreign("docker.io/library/alpine:3.20")
+                .unwrap()
+                .display(),
             "library/alpine:3.20"
         );
         assert_eq!(
-            ImageRef::parse("localhost:5000/app").unwrap().display(),
+            ImageRef::parse_foreign("localhost:5000/app")
+                .unwrap()
+                .display(),
             "app:latest"
         );
+        assert!(ImageRef::parse("localhost:5000/app").is_err());
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
             ImageRef::parse(&format!("app@{d}")).unwrap().display(),
