@@ -273,7 +273,7 @@ fn write_archive(
             let mut verified = VerifyingReader::new(reader, &desc.digest, desc.size, progress);
             let mut h = header(desc.size, tar::EntryType::Regular);
             tar.append_data(&mut h, blob_path(&desc.digest), &mut verified)
-                .map_err(|e| match verified.mismatch.take() {
+                .map_err(|e| match verified.failure.take() {
                     Some(m) => ExportError::Invalid(format!("{repo}: {m}")),
                     None => werr(e),
                 })?;
@@ -335,7 +335,8 @@ struct VerifyingReader<'a, R> {
     size: u64,
     count: u64,
     progress: &'a Progress,
-    mismatch: Option<String>,
+    /// Why the read failed, when it was the source's fault (wrong, short or unreadable bytes).
+    failure: Option<String>,
 }
 
 impl<'a, R: Read> VerifyingReader<'a, R> {
@@ -347,19 +348,26 @@ impl<'a, R: Read> VerifyingReader<'a, R> {
             size,
             count: 0,
             progress,
-            mismatch: None,
+            failure: None,
         }
     }
 
     fn fail(&mut self, msg: String) -> std::io::Error {
-        self.mismatch = Some(msg.clone());
+        self.failure = Some(msg.clone());
         std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
     }
 }
 
 impl<R: Read> Read for VerifyingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // A failure of the source, not of the archive being written: say so.
+                let msg = format!("reading blob {} failed: {e}", self.expected);
+                return Err(self.fail(msg));
+            }
+        };
         self.count += n as u64;
         if self.count > self.size {
             let msg = format!("blob {} is longer than {} bytes", self.expected, self.size);

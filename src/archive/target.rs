@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::config::Config;
 use crate::oci::{Digest, Reference, RepoName, media};
@@ -343,20 +343,31 @@ impl Source for HttpRegistry {
         let media_type = header(&resp, "content-type")
             .map(|c| media::essence(&c))
             .unwrap_or_default();
+        // Bounded whether or not the server announces a length: a manifest is read into memory.
+        let too_large = || TargetError::Refused {
+            what: what.clone(),
+            status: 200,
+            message: format!("manifest is over {} bytes", super::MAX_JSON_SIZE),
+        };
         if resp
             .content_length()
             .is_some_and(|n| n > super::MAX_JSON_SIZE)
         {
-            return Err(TargetError::Refused {
-                what,
-                status: 200,
-                message: "manifest is over 16 MiB".into(),
-            });
+            return Err(too_large());
         }
-        let bytes = resp.bytes().await.map_err(|e| TargetError::Transport {
-            what,
-            message: error_chain(&e),
-        })?;
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| TargetError::Transport {
+                what: what.clone(),
+                message: error_chain(&e),
+            })?;
+            if (buf.len() + chunk.len()) as u64 > super::MAX_JSON_SIZE {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let bytes = Bytes::from(buf);
         Ok((media_type, bytes))
     }
 

@@ -10,10 +10,16 @@ use std::process::{Command, Output, Stdio};
 
 /// Runs the berth binary with `args`; logs the command, status and stderr.
 pub fn berth(args: &[&str]) -> Output {
+    berth_env(args, &[])
+}
+
+/// [`berth`] with extra environment variables (credentials are otherwise removed from its environment).
+pub fn berth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
         .env_remove("BERTH_USER")
         .env_remove("BERTH_PASSWORD")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run berth");
