@@ -267,6 +267,30 @@ async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
         "{stdout}"
     );
 
+    // Repairing the source (the deleted layer put back) and re-running imports just what was missing.
+    std::fs::write(data_file(&v2, &d_layer), &d.blobs[&d_layer]).unwrap();
+    let out = berth(&args);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let remaining: BTreeSet<String> = expected
+        .iter()
+        .filter(|p| !p.starts_with("problem: broken/missing"))
+        .cloned()
+        .collect();
+    assert_eq!(problems(&stdout), remaining, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "imported 7 repositories, 6 tags, 1 manifests, 1 blobs ({:.1} MB); already present: 7 manifests, 3 blobs; 6 problems",
+            d.blobs[&d_layer].len() as f64 / 1e6
+        )),
+        "{stdout}"
+    );
+    let server = Berth::start_on(&data, &[]);
+    let (_, dcd, _) = http_manifest(&server.host(), "broken/missing", "v1").await;
+    assert_eq!(dcd, d_d.digest);
+    drop(server);
+    std::fs::remove_file(data_file(&v2, &d_layer)).unwrap();
+
     // Over HTTP into a running berth: the same report and the same result.
     let live = Berth::start();
     let out = berth(&[

@@ -264,6 +264,80 @@ mod tests {
         assert!(normalise(Path::new("/etc/passwd")).is_none());
     }
 
+    /// Writes a tar of (name, kind, data-or-link-target) entries to a temporary file.
+    fn tar_file(entries: &[(&str, tar::EntryType, &[u8])]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(f.reopen().unwrap());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            if kind.is_symlink() || kind.is_hard_link() {
+                h.set_size(0);
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                b.append_data(&mut h, name, std::io::empty()).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+        }
+        b.finish().unwrap();
+        f
+    }
+
+    #[tokio::test]
+    async fn links_resolve_to_files_inside_the_archive() {
+        use tar::EntryType::{Link, Regular, Symlink};
+        let f = tar_file(&[
+            ("a/layer.tar", Regular, b"layer bytes"),
+            ("b/layer.tar", Symlink, b"../a/layer.tar"),
+            ("c/layer.tar", Symlink, b"../b/layer.tar"),
+            ("d/layer.tar", Link, b"a/layer.tar"),
+        ]);
+        let idx = TarIndex::scan(f.path()).unwrap();
+        for name in ["a/layer.tar", "b/layer.tar", "c/layer.tar", "d/layer.tar"] {
+            assert_eq!(
+                &idx.read(name, 100).await.unwrap()[..],
+                b"layer bytes",
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            idx.read("a/layer.tar", 5).await,
+            Err(ArchiveError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_links_and_duplicates_are_refused() {
+        use tar::EntryType::{Fifo, Regular, Symlink};
+        for (entries, what) in [
+            (
+                vec![("x", Symlink, &b"y"[..]), ("y", Symlink, &b"x"[..])],
+                "loop",
+            ),
+            (vec![("x", Symlink, &b"nowhere"[..])], "dangling"),
+            (vec![("x", Symlink, &b"/etc/passwd"[..])], "absolute"),
+            (vec![("d/x", Symlink, &b"../../etc/passwd"[..])], "escaping"),
+        ] {
+            let f = tar_file(&entries);
+            assert!(
+                matches!(TarIndex::scan(f.path()), Err(ArchiveError::BadLink { .. })),
+                "{what}"
+            );
+        }
+        let f = tar_file(&[("x", Regular, b"1"), ("./x", Regular, b"2")]);
+        assert!(matches!(
+            TarIndex::scan(f.path()),
+            Err(ArchiveError::Duplicate(_))
+        ));
+        let f = tar_file(&[("p", Fifo, b"")]);
+        assert!(matches!(
+            TarIndex::scan(f.path()),
+            Err(ArchiveError::UnsupportedEntry(_))
+        ));
+    }
+
     #[test]
     fn links_stay_inside() {
         assert_eq!(join("abc", "../def/layer.tar").unwrap(), "def/layer.tar");
