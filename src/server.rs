@@ -39,8 +39,8 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "data directory {} is in use by another berth process (a running `berth serve` holds {}); stop it \
-             first, or talk to the server with --server URL",
+            "data directory {} is in use by another berth process (a `berth serve`, or an export or import in \
+             data-dir mode, holds {}); stop it first, or talk to the server with --server URL",
             dir.display(),
             DATA_DIR_LOCK_FILE
         ),
