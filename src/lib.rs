@@ -1,5 +1,6 @@
 //! berth: a self-hosted OCI registry and pull-through cache. The binary (`main.rs`) is a thin CLI over this library.
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod http;

@@ -126,6 +126,12 @@ enum Command {
     Token(berth::auth::cli::TokenArgs),
     /// Access-token signing key.
     Auth(berth::auth::cli::AuthArgs),
+    /// Write images to one tar that is an OCI image layout and a `docker load` archive (docs/export-import.md).
+    Export(berth::archive::cli::ExportArgs),
+    /// Import images from an OCI layout tar or a `docker save` tar.
+    Import(berth::archive::cli::ImportArgs),
+    /// Import the storage root of a stopped CNCF distribution (registry:2), reporting anything broken.
+    ImportDistribution(berth::archive::cli::ImportDistributionArgs),
     /// Mirror helpers.
     Mirror {
         #[command(subcommand)]
@@ -299,6 +305,9 @@ fn main() -> ExitCode {
         Command::Status { data, json } => {
             maintenance(&data, async |c| berth::maint::cli::status(&c, json).await)
         }
+        Command::Export(args) => berth::archive::cli::export(args),
+        Command::Import(args) => berth::archive::cli::import(args),
+        Command::ImportDistribution(args) => berth::archive::cli::import_distribution(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,43 @@ use crate::meta::sqlite::SqliteMetadataStore;
 use crate::registry::{Limits, Registry};
 use crate::store::fs::FsBlobStore;
 
+/// The file in the data directory that `berth serve` holds an exclusive advisory lock (`flock`) on for its whole
+/// life. Commands that open the data directory directly (`berth import --data-dir`, …) take the same lock, so they
+/// refuse to run beside a server instead of writing under its feet. The kernel drops the lock when the process
+/// dies, even by `kill -9`, so a crash never leaves the directory locked.
+pub const DATA_DIR_LOCK_FILE: &str = "berth.lock";
+
+/// Holds the data-directory lock until dropped.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data-directory lock without waiting; fails, naming the directory, when another process holds it.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let path = dir.join(DATA_DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "data directory {} is in use by another berth process (a `berth serve`, or an export or import in \
+             data-dir mode, holds {}); stop it first, or talk to the server with --server URL",
+            dir.display(),
+            DATA_DIR_LOCK_FILE
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 /// How often expired upload sessions are looked for.
 const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -130,6 +167,7 @@ async fn shutdown_signal() {
 
 /// Runs the server until a shutdown signal, then lets in-flight requests finish (up to the configured timeout).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config.storage.data_dir)?;
     let policies = crate::maint::retention::compile_all(&config.retention.policy)?;
     let Opened {
         registry,
