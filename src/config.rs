@@ -450,7 +450,8 @@ impl Default for Retention {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionPolicy {
-    /// Repository globs (`*` matches any characters, `/` included), e.g. `["team/*", "ci-cache"]`.
+    /// Repository globs as in access policies (`*` within a path component, `**` across), e.g.
+    /// `["team/**", "ci-cache"]`.
     pub repositories: Vec<String>,
     /// Keep the newest N tags by push time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -570,7 +571,7 @@ jitter = "1h"
 # Policies, first match wins per repository. A tag is kept when any keep_* rule keeps it. For example,
 # the newest 10 tags plus `latest` everywhere:
 # [[retention.policy]]
-# repositories = ["*"]
+# repositories = ["**"]           # globs as in [[auth.policy]]: "*" within a path component, "**" across
 # keep_newest = 10
 # keep_tags = ["latest"]          # names, globs ("v*"), "semver", or "regex:^release-"
 # keep_pulled_within = "30days"
@@ -743,6 +744,8 @@ impl Config {
             ));
         }
         self.auth.compile()?;
+        crate::maint::retention::compile_all(&self.retention.policy)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut seen = std::collections::HashSet::new();
         for m in &self.mirror {
             m.validate()?;

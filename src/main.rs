@@ -113,6 +113,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when a berth endpoint answers 200 (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// The URL to ask.
+        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show what is stored and the latest maintenance runs.
     Status {
         #[command(flatten)]
@@ -229,6 +238,22 @@ fn maintenance<T>(
         .block_on(f(config))
 }
 
+fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        let resp = client.get(url).send().await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "{url} answered {}",
+            resp.status()
+        );
+        Ok(())
+    })
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
@@ -302,6 +327,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
         Command::Status { data, json } => {
             maintenance(&data, async |c| berth::maint::cli::status(&c, json).await)
         }

@@ -12,6 +12,7 @@ use globset::{Glob, GlobMatcher};
 use regex::Regex;
 
 use super::{Maintenance, Progress};
+use crate::auth::glob::{GlobError, RepoGlob, RepoKind};
 use crate::config::RetentionPolicy;
 use crate::meta::now;
 use crate::metrics::{ObjectKind, metrics};
@@ -20,7 +21,9 @@ use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("retention policy: bad repository glob {0:?}: {1}")]
+    #[error("retention policy: {0}")]
+    RepoGlob(#[from] GlobError),
+    #[error("retention policy: bad keep_tags glob {0:?}: {1}")]
     Glob(String, String),
     #[error("retention policy: bad keep_tags regex {0:?}: {1}")]
     Regex(String, String),
@@ -68,7 +71,7 @@ fn has_tag_rules(p: &RetentionPolicy) -> bool {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub source: RetentionPolicy,
-    repos: Vec<GlobMatcher>,
+    repos: Vec<RepoGlob>,
     keep_tags: Vec<TagRule>,
 }
 
@@ -87,7 +90,7 @@ impl Policy {
         let repos = p
             .repositories
             .iter()
-            .map(|r| glob(r))
+            .map(|r| r.parse())
             .collect::<Result<_, _>>()?;
         let keep_tags = p
             .keep_tags
@@ -111,8 +114,11 @@ impl Policy {
         })
     }
 
+    /// Retention applies to private repositories only; globs read as in access policies.
     fn applies_to(&self, repo: &str) -> bool {
-        self.repos.iter().any(|g| g.is_match(repo))
+        self.repos
+            .iter()
+            .any(|g| g.matches(repo, RepoKind::Private))
     }
 }
 
@@ -345,12 +351,22 @@ mod tests {
         }
     }
 
+    /// The same glob grammar as access policies: `*` within a path component, `**` across.
     #[test]
-    fn repository_globs_cross_slashes() {
+    fn repository_globs_read_as_in_access_policies() {
         let p = policy(&["latest"]);
         assert!(p.applies_to("team/app"));
-        assert!(p.applies_to("team/a/b"));
+        assert!(!p.applies_to("team/a/b"));
         assert!(!p.applies_to("other/app"));
+        let mut deep = p.source.clone();
+        deep.repositories = vec!["team/**".into()];
+        assert!(Policy::compile(&deep).unwrap().applies_to("team/a/b"));
+        let mut bad = p.source.clone();
+        bad.repositories = vec!["Team/*".into()];
+        assert!(matches!(
+            Policy::compile(&bad),
+            Err(PolicyError::RepoGlob(_))
+        ));
     }
 
     #[test]
