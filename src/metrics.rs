@@ -19,6 +19,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     pub mirror: String,
     /// `manifest` or `blob`.
@@ -71,6 +76,9 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram>,
+    pub http_request_bytes: Family<RouteLabel, Counter>,
+    pub http_response_bytes: Family<RouteLabel, Counter>,
+    pub upload_bytes: Counter,
     pub mirror_requests: Family<MirrorLabels, Counter>,
     pub mirror_upstream_bytes: Family<MirrorName, Counter>,
     pub mirror_upstream_fetches: Family<MirrorName, Counter>,
@@ -113,6 +121,24 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to response headers by endpoint, method and status",
             http_duration.clone(),
+        );
+        let http_request_bytes = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_request_bytes",
+            "Request body bytes by endpoint, as declared by Content-Length (chunked bodies are not counted)",
+            http_request_bytes.clone(),
+        );
+        let http_response_bytes = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_response_bytes",
+            "Response body bytes by endpoint, as declared by Content-Length",
+            http_response_bytes.clone(),
+        );
+        let upload_bytes = Counter::default();
+        registry.register(
+            "upload_bytes",
+            "Blob bytes received by uploads, whatever the transfer encoding",
+            upload_bytes.clone(),
         );
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         registry.register(
@@ -235,6 +261,9 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            http_request_bytes,
+            http_response_bytes,
+            upload_bytes,
             mirror_requests,
             mirror_upstream_bytes,
             mirror_upstream_fetches,

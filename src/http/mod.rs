@@ -124,30 +124,73 @@ fn route_label(path: &str) -> &'static str {
 }
 
 /// One log line and one metric observation per request: method, path, status, duration.
+/// A request id: the client's `X-Request-Id` when it is short and plain (so a proxy's id carries through), else a
+/// fresh one. Echoed in the response.
+fn request_id(h: &HeaderMap) -> String {
+    h.get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Metrics and one access log line per request: id, method, path, repository, principal, status, bytes, duration.
 async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let id = request_id(req.headers());
+    let bytes_in = content_length(req.headers());
     let start = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let elapsed = start.elapsed();
+    let route = route_label(&path);
     let labels = crate::metrics::HttpLabels {
-        route: route_label(&path),
+        route,
         method: method.as_str().to_owned(),
         status: resp.status().as_u16(),
     };
+    let bytes_out = content_length(resp.headers());
     let m = crate::metrics::metrics();
     m.http_requests.get_or_create(&labels).inc();
     m.http_duration
         .get_or_create(&labels)
         .observe(elapsed.as_secs_f64());
+    let route_only = crate::metrics::RouteLabel { route };
+    if let Some(n) = bytes_in {
+        m.http_request_bytes.get_or_create(&route_only).inc_by(n);
+    }
+    if let Some(n) = bytes_out.filter(|_| method != Method::HEAD) {
+        m.http_response_bytes.get_or_create(&route_only).inc_by(n);
+    }
+    let ctx = resp
+        .extensions_mut()
+        .remove::<AccessContext>()
+        .unwrap_or_default();
     tracing::info!(
         target: "berth::access",
+        id,
         %method,
         path,
+        repository = ctx.repository.as_deref().unwrap_or(""),
+        principal = ctx.principal,
         status = resp.status().as_u16(),
+        bytes_in = bytes_in.unwrap_or(0),
+        bytes_out = bytes_out.unwrap_or(0),
         ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     resp
 }
 
@@ -204,9 +247,28 @@ async fn token(State(state): State<AppState>, req: Request) -> Response {
 
 /// Access control first (`auth::authorize`), then the registry; afterwards binds a new upload session to its
 /// caller and writes the audit line of a push or delete.
+/// What the access log line of a registry request adds to method, path and status.
+#[derive(Clone, Debug, Default)]
+struct AccessContext {
+    principal: String,
+    repository: Option<String>,
+}
+
+/// The repository a registry path names, for the access log.
+fn path_repository(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    endpoint::parse(rest)
+        .and_then(|ep| ep.name())
+        .map(str::to_owned)
+}
+
 async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
     let ip = peer_ip(&req);
-    if let Err(refused) = auth::authorize(&state, &mut req, ip).await {
+    if let Err(mut refused) = auth::authorize(&state, &mut req, ip).await {
+        refused.extensions_mut().insert(AccessContext {
+            principal: String::new(),
+            repository: path_repository(req.uri().path()),
+        });
         return refused;
     }
     let caller = req
@@ -236,6 +298,11 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
             tracing::info!(target: "audit", event, user = caller.principal(), path, "registry write");
         }
     }
+    let mut resp = resp;
+    resp.extensions_mut().insert(AccessContext {
+        principal: caller.principal().to_owned(),
+        repository: path_repository(&path),
+    });
     resp
 }
 

@@ -214,6 +214,7 @@ impl Registry {
                     )));
                 }
                 debug_assert_eq!(written, counted);
+                crate::metrics::metrics().upload_bytes.inc_by(written);
                 state.offset += written;
                 state.hasher = hasher;
                 Ok(())
