@@ -28,21 +28,7 @@ async fn kill9_during_gc_retention_and_pushes_leaves_a_clean_registry() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = maint::config(
-        tmp.path(),
-        "[[retention.policy]]\nrepositories = [\"crash/*\"]\nkeep_newest = 2\nkeep_tags = [\"latest\"]\n",
-    );
-    let toml = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            "[gc]\ninterval = \"0s\"",
-            "[gc]\ninterval = \"1s\"\njitter = \"0s\"",
-        )
-        .replace(
-            "[retention]\ninterval = \"0s\"",
-            "[retention]\ninterval = \"1s\"\njitter = \"0s\"",
-        );
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = maint::scheduled_config(tmp.path(), "crash/*", "");
     let mut b = Berth::start_with(&["--config", cfg.to_str().unwrap()]);
     let base = b.url();
     let repos: Vec<String> = (0..3).map(|i| format!("crash/r{i}")).collect();

@@ -27,22 +27,7 @@ async fn pushes_deletes_retention_and_gc_at_once_leave_a_clean_registry() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = maint::config(
-        tmp.path(),
-        "[[retention.policy]]\nrepositories = [\"torture/*\"]\nkeep_newest = 2\nkeep_tags = [\"latest\"]\n\
-         delete_untagged_after = \"1s\"\n",
-    );
-    let toml = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            "[gc]\ninterval = \"0s\"",
-            "[gc]\ninterval = \"1s\"\njitter = \"0s\"",
-        )
-        .replace(
-            "[retention]\ninterval = \"0s\"",
-            "[retention]\ninterval = \"1s\"\njitter = \"0s\"",
-        );
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = maint::scheduled_config(tmp.path(), "torture/*", "delete_untagged_after = \"1s\"\n");
     let b = Berth::start_with(&["--config", cfg.to_str().unwrap()]);
     let base = b.url();
     let repos: Vec<String> = (0..4).map(|i| format!("torture/r{i}")).collect();

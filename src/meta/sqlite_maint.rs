@@ -19,6 +19,21 @@ const PRIVATE_BYTES: &str = "SELECT COALESCE(SUM(b.size), 0) FROM blob b WHERE
     EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo WHERE rb.digest = b.digest AND r.kind = 'private')
     OR EXISTS (SELECT 1 FROM manifest m JOIN repository r ON r.id = m.repo WHERE m.digest = b.digest AND r.kind = 'private')";
 
+/// Every repository, by name, with its mirror when it is a cache.
+fn repo_infos(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<RepoInfo>> {
+    conn.prepare_cached(
+        "SELECT id, name, CASE kind WHEN 'mirror' THEN mirror END FROM repository ORDER BY name",
+    )?
+    .query_map([], |r| {
+        Ok(RepoInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            mirror: r.get(2)?,
+        })
+    })?
+    .collect()
+}
+
 fn ref_kind(s: &str) -> Result<RefKind, MetaError> {
     match s {
         "config" => Ok(RefKind::Config),
@@ -35,16 +50,7 @@ impl MaintenanceStore for SqliteMetadataStore {
     async fn snapshot(&self) -> Result<Snapshot, MetaError> {
         self.read_scan(|conn| {
             let tx = conn.unchecked_transaction()?;
-            let repos = tx
-                .prepare("SELECT id, name, CASE kind WHEN 'mirror' THEN mirror END FROM repository")?
-                .query_map([], |r| {
-                    Ok(RepoInfo {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        mirror: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let repos = repo_infos(&tx)?;
             let manifests = tx
                 .prepare(
                     "SELECT m.repo, m.digest, m.subject, MAX(m.created_at, COALESCE(m.last_pulled, 0)),
@@ -247,21 +253,7 @@ impl MaintenanceStore for SqliteMetadataStore {
     }
 
     async fn repositories(&self) -> Result<Vec<RepoInfo>, MetaError> {
-        self.read_scan(|conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT id, name, CASE kind WHEN 'mirror' THEN mirror END FROM repository ORDER BY name",
-                )?
-                .query_map([], |r| {
-                    Ok(RepoInfo {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        mirror: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read_scan(|conn| Ok(repo_infos(conn)?)).await
     }
 
     async fn tag_details(&self, repo: &RepoName) -> Result<Vec<TagDetail>, MetaError> {

@@ -16,6 +16,29 @@ pub fn config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// Like [`config`], with the server's GC and retention scheduled every second (no jitter) and one retention
+/// policy for `repos` keeping the newest 2 tags and `latest`, plus `extra` policy keys.
+pub fn scheduled_config(dir: &Path, repos: &str, extra: &str) -> PathBuf {
+    let path = config(
+        dir,
+        &format!(
+            "[[retention.policy]]\nrepositories = [{repos:?}]\nkeep_newest = 2\nkeep_tags = [\"latest\"]\n{extra}"
+        ),
+    );
+    let toml = std::fs::read_to_string(&path)
+        .expect("read config")
+        .replace(
+            "[gc]\ninterval = \"0s\"",
+            "[gc]\ninterval = \"1s\"\njitter = \"0s\"",
+        )
+        .replace(
+            "[retention]\ninterval = \"0s\"",
+            "[retention]\ninterval = \"1s\"\njitter = \"0s\"",
+        );
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
 /// Runs `berth <args…> --config CONFIG --data-dir DATA`.
 pub fn run(args: &[&str], config: &Path, data_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
