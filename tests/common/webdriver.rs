@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735e2f2b6b";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A running `chromedriver` on a loopback port; killed when dropped.
 pub struct Driver {
@@ -67,7 +67,10 @@ impl Browser {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -108,7 +111,9 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut rb = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let mut rb = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(b) = body {
             rb = rb.json(&b);
         } else if method == reqwest::Method::POST {
@@ -117,21 +122,31 @@ impl Browser {
         let resp = rb.send().await.expect("webdriver request");
         let status = resp.status();
         let v: Value = resp.json().await.expect("webdriver body");
-        assert!(status.is_success(), "webdriver {method} {path}: {status} {v}");
+        assert!(
+            status.is_success(),
+            "webdriver {method} {path}: {status} {v}"
+        );
         v["value"].clone()
     }
 
-    async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, Value> {
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .expect("webdriver request");
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, Value> {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if !body.is_null() {
+            rb = rb.json(&body);
+        }
+        let resp = rb.send().await.expect("webdriver request");
         let ok = resp.status().is_success();
         let v: Value = resp.json().await.expect("webdriver body");
-        if ok { Ok(v["value"].clone()) } else { Err(v["value"].clone()) }
+        if ok {
+            Ok(v["value"].clone())
+        } else {
+            Err(v["value"].clone())
+        }
     }
 
     pub async fn goto(&self, url: &str) {
@@ -182,22 +197,32 @@ impl Browser {
                     json!({"using": "css selector", "value": css}),
                 )
                 .await;
-            if let Ok(v) = r
+            if let Ok(v) = &r
                 && let Some(id) = v[ELEMENT].as_str()
             {
                 return El(id.to_owned());
             }
-            assert!(Instant::now() < deadline, "no element {css:?} on {}", self.current_url().await);
+            if Instant::now() >= deadline {
+                panic!(
+                    "no element {css:?} on {} ({r:?}); page:\n{}",
+                    self.current_url().await,
+                    self.source().await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn text(&self, el: &El) -> String {
-        self.call(reqwest::Method::GET, &format!("/element/{}/text", el.0), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{}/text", el.0),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     /// Text of the element matching `css`.
@@ -207,14 +232,22 @@ impl Browser {
     }
 
     pub async fn click(&self, el: &El) {
-        self.call(reqwest::Method::POST, &format!("/element/{}/click", el.0), None)
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/click", el.0),
+            None,
+        )
+        .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{}/clear", el.0), None)
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/clear", el.0),
+            None,
+        )
+        .await;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{}/value", el.0),
@@ -231,7 +264,8 @@ impl Browser {
                 .try_call(reqwest::Method::GET, "/alert/text", Value::Null)
                 .await
             {
-                self.call(reqwest::Method::POST, "/alert/accept", None).await;
+                self.call(reqwest::Method::POST, "/alert/accept", None)
+                    .await;
                 return t.as_str().unwrap_or_default().to_owned();
             }
             assert!(Instant::now() < deadline, "no dialog opened");
@@ -249,9 +283,28 @@ impl Browser {
         .await
     }
 
-    /// Saves a PNG of the viewport as `target/ui-screenshots/NN-name.png`.
+    /// Saves a PNG of the whole page (the window is stretched to the page's height, up to 4000 px) as
+    /// `target/ui-screenshots/NN-name.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let height = self
+            .eval("return document.documentElement.scrollHeight")
+            .await
+            .as_u64()
+            .unwrap_or(900)
+            .clamp(900, 4000);
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 1280, "height": height + 140})),
+        )
+        .await;
         let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 1280, "height": 900})),
+        )
+        .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64.as_str().unwrap_or_default())
             .expect("screenshot is base64");
@@ -272,4 +325,31 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True when `chromium` and `chromedriver` are installed. When not: false (the caller skips, with a message)
+/// outside CI, a panic when `CI` is set, so CI never passes without having run the browser tests.
+pub fn browser_available() -> bool {
+    let missing: Vec<&str> = ["chromium", "chromedriver"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("which")
+                .arg(t)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{missing:?} not installed but CI is set: .ci/run must `apt-get install -y chromium chromium-driver`"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {missing:?} not installed (apt-get install -y chromium chromium-driver); the browser tests did not run"
+    );
+    false
 }
