@@ -269,3 +269,103 @@ pub async fn push_tags(r: &spec::Reg, repo: &str, img: &spec::Image, tags: &[Str
         assert_eq!(resp.status(), 201);
     }
 }
+
+/// The exact byte count of a tag row.
+fn row_bytes(html: &str, tag: &str) -> u64 {
+    let row = &html[html.find(&format!("<tr data-tag=\"{tag}\">")).expect("row")..];
+    let at = row.find("data-bytes=\"").expect("size cell") + 12;
+    row[at..].split('"').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_tag_size_counts_manifest_config_and_layers_and_an_indexs_children() {
+    let b = common::Berth::start_secure(&[]);
+    let r = admin_reg(&b);
+    let img = r.push_image("sizes/one", "v1", "sizes").await;
+    let want = (img.body.len() + img.config.len() + img.layer.len()) as u64;
+    let a = r.push_image("sizes/multi", "", "a").await;
+    let c = r.push_image("sizes/multi", "", "c").await;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": spec::OCI_INDEX,
+        "manifests": [
+            {"mediaType": spec::OCI_MANIFEST, "digest": a.digest, "size": a.body.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": spec::OCI_MANIFEST, "digest": c.digest, "size": c.body.len(),
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}
+        ]
+    }))
+    .unwrap();
+    r.push_manifest("sizes/multi", "all", spec::OCI_INDEX, &index)
+        .await;
+    let want_index = index.len() as u64
+        + [&a, &c]
+            .iter()
+            .map(|i| (i.body.len() + i.config.len() + i.layer.len()) as u64)
+            .sum::<u64>();
+    let sess = Session::login(&b, "admin", common::ADMIN_PASSWORD).await;
+    let (_, one) = sess.get("/ui/tags?repo=sizes/one").await;
+    assert_eq!(row_bytes(&one, "v1"), want);
+    let (_, multi) = sess.get("/ui/tags?repo=sizes/multi").await;
+    assert_eq!(row_bytes(&multi, "all"), want_index);
+    assert!(
+        multi.contains("linux/amd64, linux/arm/v7"),
+        "platforms of the index"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_shows_mirrored_repositories_read_only() {
+    let s = seeded().await;
+    let sess = Session::login(&s.berth, "admin", common::ADMIN_PASSWORD).await;
+    let (status, html) = sess.get("/ui/tags?repo=up/team/base").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<tr data-tag=\"1\">") && html.contains("mirror up"));
+    assert!(
+        !html.contains("/ui/tags/delete"),
+        "no delete on a mirror, even for an admin"
+    );
+    let csrf = sess.csrf().await;
+    let (status, _) = sess
+        .post(
+            "/ui/tags/delete",
+            &[("csrf", &csrf), ("repo", "up/team/base"), ("tag", "1")],
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, html) = sess.get("/ui/manifest?repo=up/team/base&ref=1").await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&format!("docker pull {}/up/team/base:1", s.berth.host())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_shows_anonymous_visitors_only_what_anonymous_may_pull_when_browsing_is_open() {
+    let b = auth::secure_berth(
+        "[auth]\nanonymous_browse = true\n\n[[auth.policy]]\nrepositories = [\"public/**\"]\npull = [\"@all\"]\n\n\
+         [[auth.policy]]\nrepositories = [\"**\"]\npull = [\"@users\"]\npush = [\"@users\"]\n",
+    );
+    let r = admin_reg(&b);
+    r.push_image("public/tool", "1", "pub").await;
+    r.push_image("private/tool", "1", "priv").await;
+    let http = common::client();
+    let list = http.get(format!("{}/ui", b.url())).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list = list.text().await.unwrap();
+    assert!(list.contains("public/tool") && !list.contains("private/tool"));
+    assert!(!list.contains("/ui/tags/delete") && list.contains("Sign in"));
+    let hidden = http
+        .get(format!("{}/ui/tags?repo=private/tool", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_can_be_turned_off() {
+    let b = auth::secure_berth("[ui]\nenabled = false\n");
+    let http = common::client();
+    for path in ["/ui", "/ui/login", "/ui/static/berth.css"] {
+        let r = http.get(format!("{}{path}", b.url())).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}

@@ -56,13 +56,19 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Where the UI is off, `/ui` does not exist at all (not even its static files).
+    let ui_routes = if state.ui.is_some() {
+        ui::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/token", get(token))
         .merge(admin::router())
-        .merge(ui::router())
+        .merge(ui_routes)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

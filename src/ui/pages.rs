@@ -177,7 +177,7 @@ pub fn tags(ctx: &Ctx, p: &TagsPage<'_>) -> String {
                         tr data-tag=(t.row.name) {
                             td { a.tag href=(manifest_url(p.repo, &t.row.name)) { (t.row.name) } }
                             td { a.digest href=(manifest_url(p.repo, &t.row.digest.to_string())) title=(t.row.digest.to_string()) { code { (short(&t.row.digest.to_string())) } } }
-                            td.num { (bytes(t.row.size)) }
+                            td.num data-bytes=(t.row.size) { (bytes(t.row.size)) }
                             td { @if t.platforms.is_empty() { "—" } @else { (t.platforms.join(", ")) } }
                             td { (time(t.row.pushed_at)) }
                             td { @match t.row.last_pulled { Some(s) => (time(s)), None => "never" } }
