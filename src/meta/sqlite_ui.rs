@@ -1,6 +1,8 @@
 //! `UiStore` on SQLite: one statement per page, sizes summed by correlated sub-queries over the `manifest_ref`
 //! primary key (repo, manifest, …), so a page costs O(page size), not O(tags in the repository).
 
+use std::sync::LazyLock;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::MetaError;
@@ -13,7 +15,8 @@ const BLOB_BYTES: &str =
     "(SELECT COALESCE(SUM(b.size), 0) FROM manifest_ref x JOIN blob b ON b.digest = x.child
      WHERE x.repo = $r AND x.manifest = $m AND x.kind IN ('config', 'layer'))";
 
-fn tag_page_sql() -> String {
+/// A page of tags with everything a row shows; built once from `BLOB_BYTES`.
+static TAG_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
     let own = BLOB_BYTES
         .replace("$r", "t.repo")
         .replace("$m", "t.manifest");
@@ -27,7 +30,7 @@ fn tag_page_sql() -> String {
          WHERE t.repo = ?1 AND t.name > ?2 AND (?3 IS NULL OR instr(lower(t.name), lower(?3)) > 0)
          ORDER BY t.name LIMIT ?4"
     )
-}
+});
 
 #[async_trait::async_trait]
 impl UiStore for SqliteMetadataStore {
@@ -72,7 +75,7 @@ impl UiStore for SqliteMetadataStore {
                 return Ok(None);
             };
             let rows = conn
-                .prepare_cached(&tag_page_sql())?
+                .prepare_cached(&TAG_PAGE_SQL)?
                 .query_map(
                     params![id, after.unwrap_or_default(), search, n as i64],
                     |r| {

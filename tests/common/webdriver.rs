@@ -327,6 +327,31 @@ impl Drop for Driver {
     }
 }
 
+impl Drop for Browser {
+    /// Ends the session even when the test panicked: killing chromedriver alone would leave Chromium running.
+    /// Synchronous (a raw HTTP/1.1 DELETE), since `Drop` cannot await.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(rest) = self.base.strip_prefix("http://") else {
+            return;
+        };
+        let Some((addr, path)) = rest.split_once('/') else {
+            return;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+        let req = format!(
+            "DELETE /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        if s.write_all(req.as_bytes()).is_ok() {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+}
+
 /// True when `chromium` and `chromedriver` are installed. When not: false (the caller skips, with a message)
 /// outside CI, a panic when `CI` is set, so CI never passes without having run the browser tests.
 pub fn browser_available() -> bool {
