@@ -121,7 +121,7 @@ async fn ui_flows_in_headless_chromium() {
     assert_eq!(xss_ran, false, "no injected markup became live");
     let copy = br.find("#copy").await;
     br.click(&copy).await;
-    assert_eq!(br.text(&copy).await, "Copied", "the copy button ran");
+    br.wait_text(&copy, "Copied").await;
     br.screenshot("manifest").await;
 
     // Delete a tag (with the confirmation dialog).
@@ -159,6 +159,12 @@ async fn ui_flows_in_headless_chromium() {
     // Maintenance with a retention preview.
     br.goto(&format!("{base}/ui/maintenance")).await;
     br.find("#stats").await;
+    assert!(br.text_of("tr[data-job='gc']").await.contains("never run"));
+    assert!(
+        br.text_of("tr[data-job='scrub']")
+            .await
+            .contains("never run")
+    );
     let preview = br.find("#preview").await;
     br.click(&preview).await;
     let summary = br.text_of("#preview-summary").await;

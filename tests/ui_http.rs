@@ -22,21 +22,33 @@ async fn ui_sign_in_sets_a_strict_http_only_session_cookie_and_sign_out_clears_i
     assert_eq!(anon.status(), 303, "anonymous visitors are sent to sign in");
     assert_eq!(anon.headers()["location"], "/ui/login");
 
-    let wrong = http
-        .post(format!("{}/ui/login", b.url()))
-        .form_pairs(&[("user", "admin"), ("password", "nope")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = ui::post_login(&http, &b.url(), "admin", "nope").await;
     assert_eq!(wrong.status(), 401);
-    assert!(wrong.headers().get("set-cookie").is_none());
+    let set = wrong.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with("berth_login="),
+        "only a fresh form nonce: {set}"
+    );
 
-    let ok = http
+    // A sign-in form posted from elsewhere (no nonce cookie) is refused, whatever the password.
+    let forged = http
         .post(format!("{}/ui/login", b.url()))
-        .form_pairs(&[("user", "admin"), ("password", common::ADMIN_PASSWORD)])
+        .form_pairs(&[
+            ("login_csrf", "x"),
+            ("user", "admin"),
+            ("password", common::ADMIN_PASSWORD),
+        ])
         .send()
         .await
         .unwrap();
+    assert_eq!(forged.status(), 403, "login CSRF");
+    assert!(
+        !forged.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("berth_session=")
+    );
+    let ok = ui::post_login(&http, &b.url(), "admin", common::ADMIN_PASSWORD).await;
     assert_eq!(ok.status(), 303);
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age="] {

@@ -25,6 +25,8 @@ use crate::ui::Ui;
 use crate::ui::pages::{self, Ctx};
 
 const COOKIE: &str = "berth_session";
+/// The sign-in form's double-submit nonce.
+const LOGIN_COOKIE: &str = "berth_login";
 /// Login and delete forms are tiny; anything bigger is not ours.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Scripts, styles and images only from berth itself, no inline script or style, no framing.
@@ -466,7 +468,22 @@ async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Respon
     if v.signed_in() {
         return redirect("/ui");
     }
-    html(StatusCode::OK, pages::login(&v.ctx(), None, ""))
+    login_page(&state, StatusCode::OK, None, "")
+}
+
+/// The sign-in form with a fresh double-submit nonce in a field and in a `SameSite=Strict` cookie: a form posted
+/// from another site lacks the cookie, so nobody can sign a visitor in to an account of theirs (login CSRF).
+fn login_page(state: &AppState, status: StatusCode, error: Option<&str>, user: &str) -> Response {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let mut r = html(status, pages::login(&Ctx::default(), error, user, &nonce));
+    let secure = if state.tls { "; Secure" } else { "" };
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        super::hv(&format!(
+            "{LOGIN_COOKIE}={nonce}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+        )),
+    );
+    r
 }
 
 fn session_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
@@ -482,28 +499,30 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
         return not_found_plain();
     }
     let ip: Option<IpAddr> = super::peer_ip(&req);
+    let nonce = cookie(req.headers(), LOGIN_COOKIE)
+        .unwrap_or_default()
+        .to_owned();
     let fields = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
     };
     let user = field(&fields, "user").unwrap_or_default().trim().to_owned();
+    let sent = field(&fields, "login_csrf").unwrap_or_default();
+    if nonce.is_empty() || !bool::from(nonce.as_bytes().ct_eq(sent.as_bytes())) {
+        let msg = "The sign-in form expired or came from another site; try again.";
+        return login_page(&state, StatusCode::FORBIDDEN, Some(msg), &user);
+    }
     let password = field(&fields, "password").unwrap_or_default();
-    let anon = Ctx::default();
     let caller = match state.auth.login(&user, password, ip).await {
         Ok(c) => c,
         Err(AuthError::RateLimited(retry)) => {
             let msg = format!("Too many failed sign-ins; try again in {retry} s.");
-            return html(
-                StatusCode::TOO_MANY_REQUESTS,
-                pages::login(&anon, Some(&msg), &user),
-            );
+            return login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&msg), &user);
         }
         Err(AuthError::Internal(e)) => return internal(&e),
         Err(_) => {
-            return html(
-                StatusCode::UNAUTHORIZED,
-                pages::login(&anon, Some("Wrong user name or password."), &user),
-            );
+            let msg = "Wrong user name or password.";
+            return login_page(&state, StatusCode::UNAUTHORIZED, Some(msg), &user);
         }
     };
     let token = match state.auth.sign_session(&caller) {
@@ -515,6 +534,10 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
     r.headers_mut().insert(
         header::SET_COOKIE,
         session_cookie(&state, &token, SESSION_TTL_SECS),
+    );
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("berth_login=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     r
 }

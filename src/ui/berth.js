@@ -6,16 +6,20 @@ document.addEventListener("submit", (e) => {
 document.addEventListener("click", (e) => {
   const b = e.target.closest && e.target.closest("button[data-copy]");
   if (!b) return;
-  const text = document.getElementById(b.dataset.copy).textContent;
+  const source = document.getElementById(b.dataset.copy);
   const done = () => { b.textContent = "Copied"; };
-  if (navigator.clipboard && window.isSecureContext) {
-    navigator.clipboard.writeText(text).then(done, () => {});
-  } else {
+  // Without clipboard permission (or outside a secure context): select the text and copy the selection.
+  const fallback = () => {
     const r = document.createRange();
-    r.selectNodeContents(document.getElementById(b.dataset.copy));
+    r.selectNodeContents(source);
     const s = window.getSelection();
     s.removeAllRanges();
     s.addRange(r);
     if (document.execCommand("copy")) done();
+  };
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(source.textContent).then(done, fallback);
+  } else {
+    fallback();
   }
 });

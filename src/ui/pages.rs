@@ -92,7 +92,8 @@ fn layout(ctx: &Ctx, title: &str, body: Markup) -> String {
     .into_string()
 }
 
-pub fn login(ctx: &Ctx, error: Option<&str>, user: &str) -> String {
+/// The sign-in form; `nonce` is the double-submit token matching the `berth_login` cookie (against login CSRF).
+pub fn login(ctx: &Ctx, error: Option<&str>, user: &str, nonce: &str) -> String {
     layout(
         ctx,
         "Sign in",
@@ -100,6 +101,7 @@ pub fn login(ctx: &Ctx, error: Option<&str>, user: &str) -> String {
             h1 { "Sign in" }
             @if let Some(e) = error { p.error #login-error { (e) } }
             form.login method="post" action="/ui/login" {
+                input type="hidden" name="login_csrf" value=(nonce);
                 label { "User" input #user name="user" autocomplete="username" value=(user) required; }
                 label { "Password or access token"
                     input #password name="password" type="password" autocomplete="current-password" required; }
@@ -382,20 +384,23 @@ pub fn maintenance(ctx: &Ctx, v: &MaintenanceView, preview: Option<&RetentionSum
                 tr { th { "Upload sessions" } td { (s.upload_sessions) } }
             } }
             h2 { "Last runs" }
-            @if v.runs.is_empty() { p.empty #no-runs { "No garbage collection, retention or scrub has run yet." } }
-            @else {
-                table #runs {
-                    thead { tr { th { "Job" } th { "Started" } th { "Finished" } th { "Outcome" } th { "Summary" } } }
-                    tbody { @for r in &v.runs {
-                        tr {
+            table #runs {
+                thead { tr { th { "Job" } th { "Started" } th { "Finished" } th { "Outcome" } th { "Summary" } } }
+                tbody { @for job in ["gc", "retention", "scrub"] {
+                    @let runs: Vec<_> = v.runs.iter().filter(|r| r.kind == job).collect();
+                    @if runs.is_empty() {
+                        tr data-job=(job) { td { (job) } td.empty colspan="4" { "never run" } }
+                    }
+                    @for r in runs {
+                        tr data-job=(job) {
                             td { (r.kind) @if r.dry_run { " (dry run)" } }
                             td { (time(r.started_at)) }
                             td { @match r.finished_at { Some(f) => (time(f)), None => "—" } }
                             td { span class=(format!("outcome-{}", r.outcome)) { (r.outcome) } }
                             td { small { (summary_text(&r.summary)) } }
                         }
-                    } }
-                }
+                    }
+                } }
             }
             h2 { "Retention" }
             @if v.policies == 0 {

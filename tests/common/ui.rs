@@ -242,16 +242,47 @@ pub fn csrf_in(html: &str) -> String {
     html[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
+/// Fetches the sign-in form (its nonce cookie and field), then posts it as a browser would.
+pub async fn post_login(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let cookie = form
+        .headers()
+        .get("set-cookie")
+        .expect("the form sets its nonce cookie")
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = form.text().await.unwrap();
+    let at = html
+        .find("name=\"login_csrf\" value=\"")
+        .expect("nonce field")
+        + 25;
+    let nonce = html[at..].split('"').next().unwrap().to_owned();
+    http.post(format!("{base}/ui/login"))
+        .header("cookie", cookie)
+        .form_pairs(&[
+            ("login_csrf", &nonce),
+            ("user", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 impl Session {
     /// Signs in through the login form; panics unless it succeeds.
     pub async fn login(b: &Berth, user: &str, password: &str) -> Session {
         let http = common::client();
-        let resp = http
-            .post(format!("{}/ui/login", b.url()))
-            .form_pairs(&[("user", user), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+        let resp = post_login(&http, &b.url(), user, password).await;
         assert_eq!(resp.status(), 303, "login of {user}");
         let set = resp
             .headers()

@@ -231,6 +231,22 @@ impl Browser {
         self.text(&el).await
     }
 
+    /// Waits up to 10 s for an element's text to become `want` (for what script changes asynchronously).
+    pub async fn wait_text(&self, el: &El, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.text(el).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "text stayed {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn click(&self, el: &El) {
         self.call(
             reqwest::Method::POST,
