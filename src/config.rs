@@ -24,6 +24,8 @@ pub struct Config {
     pub gc: Gc,
     pub retention: Retention,
     pub scrub: Scrub,
+    /// The web UI at `/ui` (docs/ui.md).
+    pub ui: Ui,
 }
 
 /// One upstream registry served read-only through berth.
@@ -153,6 +155,7 @@ impl Default for Config {
             gc: Gc::default(),
             retention: Retention::default(),
             scrub: Scrub::default(),
+            ui: Ui::default(),
             auth: Auth::default(),
             mirror: vec![
                 Mirror::new("docker.io", "https://registry-1.docker.io", &["hub"]),
@@ -505,6 +508,20 @@ impl Default for Scrub {
     }
 }
 
+/// The web UI.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ui {
+    /// Serve the web UI at `/ui` on the main and TLS listeners (never on mirror listeners).
+    pub enabled: bool,
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Ui { enabled: true }
+    }
+}
+
 impl Default for Log {
     fn default() -> Self {
         Log {
@@ -586,6 +603,11 @@ jitter = "1h"
 deep = false
 # Bytes per second a scheduled deep scrub may read ("0 B": unlimited).
 max_rate = "50.0 MiB"
+
+[ui]
+# The web UI at /ui (docs/ui.md): browse repositories, tags and manifests, delete tags, mirror and maintenance
+# pages for admins. It shows only what the signed-in user may pull.
+enabled = true
 
 [auth]
 # Access control; see docs/auth.md. Users and tokens live in the database (`berth user`, `berth token`).

@@ -14,3 +14,4 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;

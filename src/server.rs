@@ -173,6 +173,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         registry,
         maintenance,
     } = open(&config)?;
+    // The UI's page queries run on their own connections to the same database, like access control's.
+    let ui_store: Arc<dyn crate::meta::ui::UiStore> = Arc::new(
+        SqliteMetadataStore::open(
+            &config.storage.data_dir.join("berth.db"),
+            config.storage.sqlite_synchronous,
+        )
+        .context("cannot open metadata database for the web UI")?,
+    );
     registry
         .reclaim_after_restart()
         .await
@@ -186,6 +194,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
     mirrors.start_eviction();
+    let ui = config.ui.enabled.then(|| {
+        Arc::new(crate::ui::Ui::new(
+            ui_store.clone(),
+            registry.clone(),
+            maintenance.clone(),
+            policies.clone(),
+        ))
+    });
     crate::maint::scheduler::start(maintenance, &config, policies);
     let auth = Arc::new(open_auth(&config)?);
     bootstrap_admin(&auth).await?;
@@ -199,6 +215,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         default_mirror: None,
         auth,
         tls: false,
+        ui,
     };
     let mut plan: Vec<(&str, crate::http::AppState)> = config
         .server
@@ -217,6 +234,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             l.listen.as_str(),
             crate::http::AppState {
                 default_mirror: Some(m),
+                // Every name there means the mirror, so private repositories could not be addressed.
+                ui: None,
                 ..state.clone()
             },
         ));

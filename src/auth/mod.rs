@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod password;
 pub mod policy;
 pub mod ratelimit;
+pub mod session;
 pub mod store;
 
 use std::collections::HashSet;

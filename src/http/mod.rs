@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod endpoint;
 mod error;
+mod ui;
 
 use std::sync::Arc;
 
@@ -50,15 +51,24 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Whether this listener is HTTPS (for the token realm's scheme).
     pub tls: bool,
+    /// The web UI at `/ui`; `None` where it is not served (mirror listeners, `[ui] enabled = false`).
+    pub ui: Option<Arc<crate::ui::Ui>>,
 }
 
 pub fn router(state: AppState) -> Router {
+    // Where the UI is off, `/ui` does not exist at all (not even its static files).
+    let ui_routes = if state.ui.is_some() {
+        ui::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/token", get(token))
         .merge(admin::router())
+        .merge(ui_routes)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -107,6 +117,7 @@ fn route_label(path: &str) -> &'static str {
             "/healthz" => "healthz",
             "/readyz" => "readyz",
             "/metrics" => "metrics",
+            p if p == "/ui" || p.starts_with("/ui/") => "ui",
             _ => "other",
         };
     };

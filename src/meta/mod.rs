@@ -5,6 +5,8 @@
 pub mod maint;
 pub mod sqlite;
 mod sqlite_maint;
+mod sqlite_ui;
+pub mod ui;
 
 use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
 

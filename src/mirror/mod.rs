@@ -141,6 +141,11 @@ impl Mirror {
         RepoName::in_mirror(&self.name, upstream)
     }
 
+    /// Cached blob bytes allowed for this mirror, if limited.
+    pub fn cache_budget(&self) -> Option<u64> {
+        self.budget
+    }
+
     /// The error a write to this mirror gets.
     pub fn read_only_error(&self) -> RegistryError {
         RegistryError::Unsupported(format!(
