@@ -176,6 +176,10 @@ pub struct Server {
     /// `registry-mirrors` expects: `[[server.mirror_listener]] listen = "0.0.0.0:5001"`, `mirror = "docker.io"`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirror_listener: Vec<MirrorListener>,
+    /// Extra listeners serving only `/metrics`, `/healthz` and `/readyz` (e.g. on an internal interface), so
+    /// scraping and probes need not reach the registry port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics_listen: Vec<String>,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -369,6 +373,7 @@ impl Default for Server {
         Server {
             listen: vec!["0.0.0.0:5000".into(), "[::]:5000".into()],
             mirror_listener: Vec::new(),
+            metrics_listen: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             tls: None,
         }
@@ -545,6 +550,8 @@ shutdown_timeout = "30s"
 # [[server.mirror_listener]]
 # listen = "0.0.0.0:5001"
 # mirror = "docker.io"
+# Extra listeners that serve only /metrics, /healthz and /readyz, e.g. on an internal address:
+# metrics_listen = ["127.0.0.1:9095"]
 # HTTPS listeners from PEM files, reloaded when the files change (plain `listen` stays available):
 # [server.tls]
 # listen = ["0.0.0.0:5443"]
@@ -742,6 +749,7 @@ impl Config {
             .listen
             .iter()
             .chain(self.server.mirror_listener.iter().map(|l| &l.listen))
+            .chain(&self.server.metrics_listen)
             .chain(self.server.tls.iter().flat_map(|t| &t.listen));
         for l in listens {
             l.parse::<std::net::SocketAddr>().map_err(|e| {

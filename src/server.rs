@@ -272,6 +272,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    for l in &config.server.metrics_listen {
+        let addr: SocketAddr = l
+            .parse()
+            .with_context(|| format!("invalid metrics listen address {l:?}"))?;
+        let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push((addr, listener, crate::http::ops_router(state.clone())));
+    }
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for (addr, listener, app) in listeners {

@@ -154,3 +154,51 @@ async fn access_log_lines_carry_id_principal_repository_and_bytes() {
     assert_eq!(refused["fields"]["principal"], "");
     assert_eq!(refused["fields"]["repository"], "team/app");
 }
+
+/// `server.metrics_listen`: a port with the operations endpoints only.
+#[tokio::test]
+async fn a_separate_metrics_listener_serves_only_operations_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("berth.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nmetrics_listen = [\"127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let _b = Berth::start_with(&["--config", cfg.to_str().unwrap()]);
+    let ops = format!("http://127.0.0.1:{port}");
+    let text = client()
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("berth_build_info"), "{text}");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            client()
+                .get(format!("{ops}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/v2/", "/ui", "/token"] {
+        assert_eq!(
+            client()
+                .get(format!("{ops}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "{path}"
+        );
+    }
+}

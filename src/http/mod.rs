@@ -83,6 +83,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The operations endpoints alone, for `server.metrics_listen`: no registry, no UI, no access log.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     match state
         .registry
