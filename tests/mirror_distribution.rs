@@ -5,8 +5,11 @@
 //! - htpasswd (Basic) auth: berth with the right credentials pulls; with a wrong password or none, berth answers
 //!   404 or 5xx with an OCI error body, never 200, and never echoes the password.
 //!
-//! Distribution runs on a free loopback port with a generated config in a temp dir and is killed on drop. Token
-//! auth (a token server with certificates) is out of scope. Skipped (with a message) when `docker-registry` is not
+//! - token auth: distribution trusts a token issuer run by the test (ES256 JWTs with an `x5c` certificate chain, the
+//!   Docker registry token spec); berth with the right credentials goes through the token flow, without them it is
+//!   refused.
+//!
+//! Distribution runs on a free loopback port with a generated config in a temp dir and is killed on drop. Skipped (with a message) when `docker-registry` is not
 //! installed and `CI` is unset; a failure under CI.
 
 mod common;
@@ -39,12 +42,26 @@ struct Distribution {
     child: Option<Child>,
     port: u16,
     credentials: Option<(String, String)>,
+    /// Token auth: the issuer distribution trusts (pushes here use tokens it mints).
+    issuer: Option<std::sync::Arc<token::Issuer>>,
     dir: tempfile::TempDir,
 }
 
 impl Distribution {
     /// Starts distribution with filesystem storage in a temp dir; with htpasswd auth when `credentials` is set.
     fn start(credentials: Option<(&str, &str)>) -> Distribution {
+        Self::start_auth(credentials, None)
+    }
+
+    /// Starts distribution behind the Docker token flow of `issuer` (its certificate is the trusted root).
+    fn start_token(issuer: std::sync::Arc<token::Issuer>) -> Distribution {
+        Self::start_auth(None, Some(issuer))
+    }
+
+    fn start_auth(
+        credentials: Option<(&str, &str)>,
+        issuer: Option<std::sync::Arc<token::Issuer>>,
+    ) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let root = dir.path().join("storage");
@@ -64,6 +81,16 @@ impl Distribution {
             std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
             yaml.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {htpasswd:?}\n"
+            ));
+        }
+        if let Some(issuer) = &issuer {
+            let bundle = dir.path().join("token-root.pem");
+            std::fs::write(&bundle, &issuer.cert_pem).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {bundle:?}\n",
+                issuer.url(),
+                token::SERVICE,
+                token::ISSUER
             ));
         }
         let config = dir.path().join("config.yml");
@@ -86,6 +113,7 @@ impl Distribution {
             child: Some(child),
             port,
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+            issuer,
             dir,
         };
         d.wait_ready();
@@ -136,6 +164,9 @@ impl Distribution {
     }
 
     fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(issuer) = &self.issuer {
+            return req.bearer_auth(issuer.mint(&format!("repository:{REPO}:pull,push")));
+        }
         match &self.credentials {
             Some((u, p)) => req.basic_auth(u, Some(p)),
             None => req,
@@ -524,4 +555,164 @@ async fn mirror_of_distribution_with_basic_auth() {
         "mirror_of_distribution_with_basic_auth: {:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Token auth
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A Docker-registry token issuer for distribution (a test tool): Basic-authenticated `GET /token?service=&scope=`
+/// answers an ES256 JWT whose header carries the issuer's self-signed certificate (`x5c`), which distribution
+/// verifies against its `rootcertbundle`.
+mod token {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    pub const SERVICE: &str = "berth-test-registry";
+    pub const ISSUER: &str = "berth-test-issuer";
+
+    pub struct Issuer {
+        pub port: u16,
+        pub cert_pem: String,
+        key: EncodingKey,
+        x5c: String,
+        user: (String, String),
+        /// Tokens handed out over HTTP (to berth), not the ones the test mints for its own pushes.
+        pub served: AtomicUsize,
+        pub refused: AtomicUsize,
+    }
+
+    impl Issuer {
+        pub async fn start(user: &str, password: &str) -> Arc<Issuer> {
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec!["token-issuer".to_string()]).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let issuer = Arc::new(Issuer {
+                port: listener.local_addr().unwrap().port(),
+                cert_pem: cert.pem(),
+                key: EncodingKey::from_ec_der(&signing_key.serialize_der()),
+                x5c: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+                user: (user.to_owned(), password.to_owned()),
+                served: AtomicUsize::new(0),
+                refused: AtomicUsize::new(0),
+            });
+            let app = axum::Router::new()
+                .route("/token", axum::routing::get(serve_token))
+                .with_state(issuer.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            issuer
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        /// A token granting what `scope` (`repository:NAME:ACTIONS`, space-separated) asks for.
+        pub fn mint(&self, scope: &str) -> String {
+            let access: Vec<serde_json::Value> = scope
+                .split(' ')
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let claims = serde_json::json!({
+                "iss": ISSUER, "sub": self.user.0, "aud": SERVICE,
+                "exp": now + 300, "nbf": now - 10, "iat": now,
+                "jti": format!("{now}-{}", self.served.load(Ordering::Relaxed)),
+                "access": access,
+            });
+            let mut header = Header::new(Algorithm::ES256);
+            header.x5c = Some(vec![self.x5c.clone()]);
+            jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+        }
+    }
+
+    async fn serve_token(
+        State(issuer): State<Arc<Issuer>>,
+        Query(q): Query<Vec<(String, String)>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", issuer.user.0, issuer.user.1))
+        );
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            issuer.refused.fetch_add(1, Ordering::Relaxed);
+            return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+        }
+        let scope: Vec<&str> = q
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let token = issuer.mint(&scope.join(" "));
+        issuer.served.fetch_add(1, Ordering::Relaxed);
+        axum::Json(serde_json::json!({"token": token, "access_token": token, "expires_in": 300}))
+            .into_response()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_of_distribution_with_token_auth() {
+    if !image::tools_available(&["docker-registry"], "docker-registry") {
+        return;
+    }
+    let issuer = token::Issuer::start(USER, PASSWORD).await;
+    let dist = Distribution::start_token(issuer.clone());
+
+    // Distribution itself: a Bearer challenge naming the issuer; a minted token opens it.
+    let r = http()
+        .get(format!("{}/v2/", dist.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "token distribution: anonymous GET /v2/");
+    let challenge = header(r.headers(), "www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer") && challenge.contains(&issuer.url()),
+        "unexpected challenge {challenge:?}"
+    );
+    let pushed = push_image(&dist, 0xD157_0000_0000_0003).await;
+
+    let good = mirror(&dist, &[("username", USER), ("password", PASSWORD)]);
+    pull_all(&good, &pushed, "token flow with credentials").await;
+    let served = issuer.served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served >= 1, "berth never asked the issuer for a token");
+    pull_all(&good, &pushed, "token flow, second pull").await;
+
+    for (label, creds) in [
+        ("wrong password", Some(WRONG_PASSWORD)),
+        ("no credentials", None),
+    ] {
+        let b = match creds {
+            Some(pw) => mirror(&dist, &[("username", USER), ("password", pw)]),
+            None => mirror(&dist, &[]),
+        };
+        let url = format!("{}/v2/dist/{REPO}/manifests/v1", b.url());
+        let o = get_accept(&url, ACCEPT_MANIFESTS).await;
+        assert_refused(&o, &format!("{label}: GET {url}"), PASSWORD);
+        let url = format!(
+            "{}/v2/dist/{REPO}/blobs/{}",
+            b.url(),
+            pushed.img.layers[0].0
+        );
+        assert_refused(&get(&url).await, &format!("{label}: GET {url}"), PASSWORD);
+    }
+    assert!(issuer.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
