@@ -419,14 +419,14 @@ impl BlobStore for ObjectBlobStore {
         &self,
         id: &str,
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, StoreError> {
-        // Created if the writer has not started yet; both sides open without truncating.
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(self.spool_path(id)?)
-            .await?;
-        Ok(Box::new(file))
+        // Never created here: before the writer starts, and after publishing removed the spool, the answer is
+        // NotFound (the mirror then looks at the download's state again), never an empty file that would read as
+        // a blob cut short.
+        match tokio::fs::File::open(self.spool_path(id)?).await {
+            Ok(file) => Ok(Box::new(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
@@ -707,14 +707,23 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = store(tmp.path());
         s.create_upload("m1").await.expect("create");
-        let mut tail = s.tail_upload("m1").await.expect("tail");
+        // Before the writer starts and after publishing: NotFound, so the mirror looks at the state again.
+        assert!(matches!(
+            s.tail_upload("m1").await,
+            Err(StoreError::NotFound)
+        ));
         let data = vec![5u8; 3000];
         s.append_upload_observed("m1", 0, body(vec![data.clone()]), Box::new(|_| {}))
             .await
             .expect("append");
+        let mut tail = s.tail_upload("m1").await.expect("tail");
         s.publish_upload("m1", &digest(&data))
             .await
             .expect("publish");
+        assert!(matches!(
+            s.tail_upload("m1").await,
+            Err(StoreError::NotFound)
+        ));
         let mut got = Vec::new();
         tail.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, data);
