@@ -340,6 +340,83 @@ pub struct Storage {
     /// `full`: every commit is fsync'd (an acknowledged push survives power loss). `normal`: faster, survives a
     /// process crash but may lose the last acknowledged writes on power loss.
     pub sqlite_synchronous: Synchronous,
+    /// Where blob bytes live: `filesystem` (under `data_dir`), or an object store for the scale-out shape
+    /// (docs/scale-out.md), configured in the table of the same name.
+    pub blobs: BlobBackend,
+    pub s3: S3Storage,
+    pub gcs: GcsStorage,
+    pub azure: AzureStorage,
+}
+
+/// The blob backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    #[default]
+    Filesystem,
+    S3,
+    Gcs,
+    Azure,
+}
+
+/// Amazon S3 or an S3-compatible server (MinIO, Ceph RGW, Garage…). Keys not set here come from the usual
+/// `AWS_*` environment variables, then instance metadata (EC2/ECS/EKS roles).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Storage {
+    /// Bucket name (must exist; berth does not create it).
+    pub bucket: String,
+    /// Key prefix inside the bucket, so one bucket can hold several registries.
+    pub prefix: String,
+    /// Endpoint URL of an S3-compatible server, e.g. `http://minio:9000`; absent: Amazon S3 for `region`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region; absent: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Access key id; absent: from the environment or instance metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Name of an environment variable holding the secret access key (never written in the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_env: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted (`bucket.endpoint/key`); most
+    /// self-hosted servers want this.
+    pub path_style: bool,
+    /// Allow a plain `http://` endpoint.
+    pub allow_http: bool,
+}
+
+/// Google Cloud Storage. Credentials not set here come from `GOOGLE_APPLICATION_CREDENTIALS` /
+/// `GOOGLE_SERVICE_ACCOUNT`, then the instance's service account.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsStorage {
+    pub bucket: String,
+    pub prefix: String,
+    /// A service-account JSON key file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_path: Option<PathBuf>,
+}
+
+/// Azure Blob Storage. Credentials not set here come from the `AZURE_*` environment variables, then managed
+/// identity.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureStorage {
+    /// Storage account name.
+    pub account: String,
+    /// Container name (must exist).
+    pub container: String,
+    pub prefix: String,
+    /// Name of an environment variable holding the account's access key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_env: Option<String>,
+    /// Endpoint URL, e.g. an Azurite emulator; absent: the account's public endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Allow a plain `http://` endpoint.
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -385,7 +462,67 @@ impl Default for Storage {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
             sqlite_synchronous: Synchronous::Full,
+            blobs: BlobBackend::Filesystem,
+            s3: S3Storage::default(),
+            gcs: GcsStorage::default(),
+            azure: AzureStorage::default(),
         }
+    }
+}
+
+impl Storage {
+    /// `BERTH_BLOBS` and `BERTH_S3_*` override the file, so one deployment template (or the test harness) can
+    /// point any config at a bucket: `BERTH_BLOBS`, `BERTH_S3_BUCKET`, `BERTH_S3_PREFIX`, `BERTH_S3_ENDPOINT`,
+    /// `BERTH_S3_REGION`, `BERTH_S3_ACCESS_KEY_ID`, `BERTH_S3_SECRET_ACCESS_KEY_ENV`, `BERTH_S3_PATH_STYLE`,
+    /// `BERTH_S3_ALLOW_HTTP`.
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let flag = |name: &str, v: String| match v.as_str() {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err(ConfigError::Invalid(format!(
+                "{name} must be true or false, not {v:?}"
+            ))),
+        };
+        if let Some(v) = var("BERTH_BLOBS") {
+            self.blobs = match v.as_str() {
+                "filesystem" => BlobBackend::Filesystem,
+                "s3" => BlobBackend::S3,
+                "gcs" => BlobBackend::Gcs,
+                "azure" => BlobBackend::Azure,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "BERTH_BLOBS must be filesystem, s3, gcs or azure, not {v:?}"
+                    )));
+                }
+            };
+        }
+        let s3 = &mut self.s3;
+        if let Some(v) = var("BERTH_S3_BUCKET") {
+            s3.bucket = v;
+        }
+        if let Some(v) = var("BERTH_S3_PREFIX") {
+            s3.prefix = v;
+        }
+        if let Some(v) = var("BERTH_S3_ENDPOINT") {
+            s3.endpoint = Some(v);
+        }
+        if let Some(v) = var("BERTH_S3_REGION") {
+            s3.region = Some(v);
+        }
+        if let Some(v) = var("BERTH_S3_ACCESS_KEY_ID") {
+            s3.access_key_id = Some(v);
+        }
+        if let Some(v) = var("BERTH_S3_SECRET_ACCESS_KEY_ENV") {
+            s3.secret_access_key_env = Some(v);
+        }
+        if let Some(v) = var("BERTH_S3_PATH_STYLE") {
+            s3.path_style = flag("BERTH_S3_PATH_STYLE", v)?;
+        }
+        if let Some(v) = var("BERTH_S3_ALLOW_HTTP") {
+            s3.allow_http = flag("BERTH_S3_ALLOW_HTTP", v)?;
+        }
+        Ok(())
     }
 }
 
@@ -564,6 +701,33 @@ data_dir = "./berth-data"
 # "full": fsync every metadata commit, so an acknowledged push survives power loss.
 # "normal": faster; survives a crash of berth, may lose the last acknowledged writes on power loss.
 sqlite_synchronous = "full"
+# Where blob bytes live: "filesystem" (under data_dir), or an object store for running several replicas:
+# "s3", "gcs" or "azure", configured in the table of that name below (docs/scale-out.md). The SQLite
+# database stays in data_dir; mirror downloads in flight are spooled to data_dir/spool.
+blobs = "filesystem"
+
+# [storage.s3]
+# bucket = "berth"                     # must exist
+# prefix = ""                          # key prefix inside the bucket
+# endpoint = "http://minio:9000"       # S3-compatible server; absent: Amazon S3
+# region = "us-east-1"                 # absent: AWS_REGION, else us-east-1
+# access_key_id = "AKIA..."            # absent: AWS_* environment variables, then instance metadata
+# secret_access_key_env = "BERTH_S3_SECRET"   # environment variable holding the secret key
+# path_style = false                   # endpoint/bucket/key instead of bucket.endpoint/key
+# allow_http = false                   # allow a plain http:// endpoint
+#
+# [storage.gcs]
+# bucket = "berth"
+# prefix = ""
+# service_account_path = "/etc/berth/gcs.json"   # absent: GOOGLE_* variables, then the instance's account
+#
+# [storage.azure]
+# account = "myaccount"
+# container = "berth"                  # must exist
+# prefix = ""
+# access_key_env = "BERTH_AZURE_KEY"   # absent: AZURE_* variables, then managed identity
+# endpoint = "http://azurite:10000/devstoreaccount1"
+# allow_http = false
 
 [limits]
 # Largest manifest accepted on push.
@@ -729,6 +893,8 @@ impl Config {
                 })?
             }
         };
+        let mut config = config;
+        config.storage.apply_env()?;
         config.validate()?;
         Ok(config)
     }
@@ -767,6 +933,20 @@ impl Config {
                     l.listen, l.mirror
                 )));
             }
+        }
+        let s = &self.storage;
+        let missing = match s.blobs {
+            BlobBackend::Filesystem => None,
+            BlobBackend::S3 if s.s3.bucket.is_empty() => Some("storage.s3.bucket"),
+            BlobBackend::Gcs if s.gcs.bucket.is_empty() => Some("storage.gcs.bucket"),
+            BlobBackend::Azure if s.azure.account.is_empty() => Some("storage.azure.account"),
+            BlobBackend::Azure if s.azure.container.is_empty() => Some("storage.azure.container"),
+            _ => None,
+        };
+        if let Some(key) = missing {
+            return Err(ConfigError::Invalid(format!(
+                "{key} must be set when storage.blobs is an object store"
+            )));
         }
         if self.limits.max_manifest_size.as_u64() == 0 {
             return Err(ConfigError::Invalid(

@@ -8,11 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::config::BlobBackend;
 use crate::config::Config;
 use crate::maint::Maintenance;
 use crate::meta::sqlite::SqliteMetadataStore;
 use crate::registry::{Limits, Registry};
+use crate::store::BlobStore;
 use crate::store::fs::FsBlobStore;
+use crate::store::object::ObjectBlobStore;
 
 /// The file in the data directory that `berth serve` holds an exclusive advisory lock (`flock`) on for its whole
 /// life. Commands that open the data directory directly (`berth import --data-dir`, …) take the same lock, so they
@@ -66,8 +69,16 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let blobs = FsBlobStore::open(dir)
-        .with_context(|| format!("cannot open blob store in {}", dir.display()))?;
+    let blobs: Arc<dyn BlobStore> = match config.storage.blobs {
+        BlobBackend::Filesystem => Arc::new(
+            FsBlobStore::open(dir)
+                .with_context(|| format!("cannot open blob store in {}", dir.display()))?,
+        ),
+        backend => Arc::new(
+            ObjectBlobStore::open(&config.storage)
+                .with_context(|| format!("cannot open the {backend:?} blob store"))?,
+        ),
+    };
     let meta = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
         .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
     let limits = Limits {
@@ -76,8 +87,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     };
     let meta = Arc::new(meta);
     let registry = Arc::new(
-        Registry::new(Arc::new(blobs), meta.clone(), limits)
-            .with_lock_file(dir.join("digest.locks")),
+        Registry::new(blobs, meta.clone(), limits).with_lock_file(dir.join("digest.locks")),
     );
     let maintenance = Arc::new(Maintenance::new(registry.clone(), meta));
     Ok(Opened {

@@ -170,15 +170,6 @@ async fn invariant1_no_dangling_references() {
     assert_eq!(tags["tags"], serde_json::json!([]));
 }
 
-fn blob_file(b: &Berth, digest: &str) -> std::path::PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    b.data_dir
-        .join("blobs")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
 /// Invariant 2: a 200 always carries every byte of the blob. If the stored bytes were damaged behind berth's back,
 /// the response is an error before any header, never a short body.
 #[tokio::test]
@@ -191,11 +182,7 @@ async fn invariant2_damaged_blob_is_never_served_short() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().len(), data.len());
 
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(blob_file(&b, &d))
-        .unwrap();
-    f.set_len(10).unwrap();
+    common::overwrite_blob(&b.data_dir, &d, &data[..10]);
     let r = call(reqwest::Method::GET, format!("{base}/v2/inv/two/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let r = client()
@@ -227,9 +214,9 @@ async fn invariant2_wrong_digest_publishes_nothing() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(!blob_file(&b, &claimed).exists());
+    assert!(!common::blob_exists(&b.data_dir, &claimed));
     let actual = sha256_digest(b"something else");
-    assert!(!blob_file(&b, &actual).exists());
+    assert!(!common::blob_exists(&b.data_dir, &actual));
 }
 
 /// Invariant 7: after kill -9, leftovers of interrupted writes are reclaimed at start and sessions resume.
@@ -255,16 +242,25 @@ async fn invariant7_restart_reclaims_leftovers_and_resumes_uploads() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     b.kill9();
-    // What a crash mid-write leaves behind: a staging file, an upload object no session owns.
-    std::fs::write(b.data_dir.join("tmp").join("stray"), b"partial").unwrap();
-    std::fs::write(
-        b.data_dir.join("uploads").join("0123456789abcdef"),
-        b"partial",
-    )
-    .unwrap();
-    b.restart_after_kill9();
-    assert!(!b.data_dir.join("tmp").join("stray").exists());
-    assert!(!b.data_dir.join("uploads").join("0123456789abcdef").exists());
+    if common::s3_endpoint().is_none() {
+        // What a crash mid-write leaves behind: a staging file, an upload object no session owns.
+        std::fs::write(b.data_dir.join("tmp").join("stray"), b"partial").unwrap();
+        std::fs::write(
+            b.data_dir.join("uploads").join("0123456789abcdef"),
+            b"partial",
+        )
+        .unwrap();
+        b.restart_after_kill9();
+        assert!(!b.data_dir.join("tmp").join("stray").exists());
+        assert!(!b.data_dir.join("uploads").join("0123456789abcdef").exists());
+    } else {
+        // On an object store the local leftover is a mirror download's spool file. Staged upload objects no
+        // session owns are only reclaimed once an hour old (another replica may still be writing them), which
+        // a test cannot wait for; tests/object_store.rs covers the crash of a chunked upload there.
+        std::fs::write(b.data_dir.join("spool").join("stray"), b"partial").unwrap();
+        b.restart_after_kill9();
+        assert!(!b.data_dir.join("spool").join("stray").exists());
+    }
 
     let st = call(reqwest::Method::GET, format!("{base}{loc}")).await;
     assert_eq!(st.status(), StatusCode::NO_CONTENT);

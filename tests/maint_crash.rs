@@ -53,7 +53,9 @@ async fn kill9_during_gc_retention_and_pushes_leaves_a_clean_registry() {
             stop.clone(),
             c.clone(),
         )));
-        let mut cli = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut cli = Command::new(env!("CARGO_BIN_EXE_berth"));
+        common::blob_env(&mut cli, &b.data_dir);
+        let mut cli = cli
             .args(["gc", "--grace", "1s", "--json", "--config"])
             .arg(&cfg)
             .arg("--data-dir")
@@ -89,23 +91,10 @@ async fn kill9_during_gc_retention_and_pushes_leaves_a_clean_registry() {
     maint::json(&["gc", "--grace", "1s"], &cfg, &b.data_dir, true);
     let status = maint::json(&["status"], &cfg, &b.data_dir, true);
     assert_eq!(status["storage"]["pending_byte_deletions"], 0, "{status}");
-    let files = walk_files(&b.data_dir.join("blobs"));
+    let files = common::count_blobs(&b.data_dir);
     assert_eq!(
         Some(files),
         status["storage"]["blobs"].as_u64(),
         "blob files on disk vs rows: {status}"
     );
-}
-
-fn walk_files(dir: &std::path::Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            n += walk_files(&e.path());
-        } else {
-            n += 1;
-        }
-    }
-    n
 }

@@ -5,6 +5,7 @@
 //! The store never decides whether a blob *should* exist — that is the metadata store's job.
 
 pub mod fs;
+pub mod object;
 
 use std::pin::Pin;
 

@@ -15,7 +15,11 @@ pub fn berth(args: &[&str]) -> Output {
 
 /// [`berth`] with extra environment variables (credentials are otherwise removed from its environment).
 pub fn berth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    if let Some(i) = args.iter().position(|a| *a == "--data-dir") {
+        crate::common::blob_env(&mut cmd, Path::new(args[i + 1]));
+    }
+    let out = cmd
         .args(args)
         .env_remove("BERTH_USER")
         .env_remove("BERTH_PASSWORD")

@@ -44,7 +44,9 @@ pub fn secure_berth(toml: &str) -> Secure {
 
 /// Runs `berth ARGS --data-dir DIR` with `stdin` piped in.
 pub fn cli(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    crate::common::blob_env(&mut cmd, data_dir);
+    let mut child = cmd
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)

@@ -41,14 +41,14 @@ pub fn scheduled_config(dir: &Path, repos: &str, extra: &str) -> PathBuf {
 
 /// Runs `berth <args…> --config CONFIG --data-dir DATA`.
 pub fn run(args: &[&str], config: &Path, data_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("run berth")
+        .arg(data_dir);
+    crate::common::blob_env(&mut cmd, data_dir);
+    cmd.output().expect("run berth")
 }
 
 /// Runs a command with `--json`, asserts the exit status, and parses its standard output.
@@ -118,7 +118,8 @@ pub fn db_dump(data_dir: &Path) -> String {
     out
 }
 
-/// The file holding a blob's bytes.
+/// The file holding a blob's bytes (filesystem backend only; see `common::read_blob` and friends for tests
+/// that run on either backend).
 pub fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').expect("digest");
     data_dir.join("blobs").join(alg).join(&hex[..2]).join(hex)

@@ -81,6 +81,7 @@ impl Berth {
             )
             .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdin(Stdio::null());
+        blob_env(&mut c, data_dir);
         if open_access {
             c.env("BERTH_OPEN_ACCESS", "true");
         } else {
@@ -169,4 +170,224 @@ pub fn client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
+}
+
+// ---- Blob backend of the suite ----
+//
+// `BERTH_TEST_BLOBS=s3` with `BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:PORT` (an S3-compatible server such as the
+// one `.ci/run` starts) runs every berth process of the suite with its blobs in a bucket instead of under the data
+// directory: one bucket per data directory, so a restarted server and the CLI commands run on its data directory
+// see the same blobs, and tests stay independent. Berth reads the bucket from `BERTH_BLOBS` / `BERTH_S3_*`, which
+// override any `--config` file a test writes.
+
+/// The S3 endpoint when the suite runs on the object store.
+pub fn s3_endpoint() -> Option<String> {
+    match std::env::var("BERTH_TEST_BLOBS").as_deref() {
+        Ok("s3") => Some(
+            std::env::var("BERTH_TEST_S3_ENDPOINT")
+                .expect("BERTH_TEST_BLOBS=s3 needs BERTH_TEST_S3_ENDPOINT"),
+        ),
+        _ => None,
+    }
+}
+
+/// Data directories whose servers use another data directory's bucket (replicas sharing one object store).
+static SHARED_BUCKETS: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes servers on `data_dir` use the bucket of `owner` (two replicas, each with its own metadata, one bucket).
+pub fn share_bucket(data_dir: &Path, owner: &Path) {
+    SHARED_BUCKETS
+        .lock()
+        .expect("lock")
+        .push((data_dir.to_path_buf(), owner.to_path_buf()));
+}
+
+/// The bucket holding the blobs of `data_dir` (a name derived from its path), created on first use.
+pub fn s3_bucket(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let owner = SHARED_BUCKETS
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(d, _)| d == data_dir)
+        .map(|(_, o)| o.clone());
+    let data_dir = owner.as_deref().unwrap_or(data_dir);
+    let path = data_dir.to_string_lossy();
+    let bucket = format!(
+        "berth-test-{}",
+        &hex::encode(sha2::Sha256::digest(path.as_bytes()))[..24]
+    );
+    let (status, _) = s3_request("PUT", &format!("/{bucket}"), &[]);
+    // 409: it already exists (a restart on the same data directory).
+    assert!(
+        status == 200 || status == 409,
+        "cannot create bucket {bucket}: HTTP {status}"
+    );
+    bucket
+}
+
+/// Points a berth command at the suite's blob backend for `data_dir` (nothing to do on the filesystem).
+pub fn blob_env(cmd: &mut Command, data_dir: &Path) {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    cmd.env("BERTH_BLOBS", "s3")
+        .env("BERTH_S3_BUCKET", s3_bucket(data_dir))
+        .env("BERTH_S3_ENDPOINT", endpoint)
+        .env("BERTH_S3_REGION", "us-east-1")
+        .env("BERTH_S3_PATH_STYLE", "true")
+        .env("BERTH_S3_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "berth-test")
+        .env("AWS_SECRET_ACCESS_KEY", "berth-test");
+}
+
+/// One HTTP/1.1 request to the test S3 server: status and body. The server does not verify signatures, but it
+/// treats a request without credentials as anonymous, so a placeholder `Authorization` names the test account.
+pub fn s3_request(method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let endpoint = s3_endpoint().expect("the suite runs on S3");
+    let host = endpoint
+        .strip_prefix("http://")
+        .expect("test S3 endpoint is http://")
+        .trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to the test S3 server");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=berth-test/20260101/us-east-1/s3/aws4_request, \
+         SignedHeaders=host, Signature=0\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).expect("send");
+    conn.write_all(body).expect("send body");
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).expect("read response");
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response has headers");
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut body = resp[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_line = String::from_utf8_lossy(&data[..eol]).to_string();
+        let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// Where a blob's bytes live for the suite's backend.
+fn blob_location(data_dir: &Path, digest: &str) -> Result<PathBuf, String> {
+    let (alg, hex) = digest.split_once(':').expect("digest");
+    match s3_endpoint() {
+        None => Ok(data_dir.join("blobs").join(alg).join(&hex[..2]).join(hex)),
+        Some(_) => Err(format!("/{}/blobs/{alg}/{hex}", s3_bucket(data_dir))),
+    }
+}
+
+/// A stored blob's bytes, or `None` when absent, from whichever backend the suite runs on.
+pub fn read_blob(data_dir: &Path, digest: &str) -> Option<Vec<u8>> {
+    match blob_location(data_dir, digest) {
+        Ok(path) => std::fs::read(path).ok(),
+        Err(key) => match s3_request("GET", &key, &[]) {
+            (200, body) => Some(body),
+            (404, _) => None,
+            (status, _) => panic!("GET {key}: HTTP {status}"),
+        },
+    }
+}
+
+/// Whether a blob's bytes are stored.
+pub fn blob_exists(data_dir: &Path, digest: &str) -> bool {
+    read_blob(data_dir, digest).is_some()
+}
+
+/// Replaces a stored blob's bytes (to simulate corruption behind berth's back).
+pub fn overwrite_blob(data_dir: &Path, digest: &str, bytes: &[u8]) {
+    match blob_location(data_dir, digest) {
+        Ok(path) => {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, bytes).expect("write blob file");
+        }
+        Err(key) => {
+            let (status, _) = s3_request("PUT", &key, bytes);
+            assert_eq!(status, 200, "PUT {key}");
+        }
+    }
+}
+
+/// Removes a stored blob's bytes behind berth's back.
+pub fn remove_blob(data_dir: &Path, digest: &str) {
+    match blob_location(data_dir, digest) {
+        Ok(path) => std::fs::remove_file(path).expect("remove blob file"),
+        Err(key) => {
+            let (status, _) = s3_request("DELETE", &key, &[]);
+            assert_eq!(status, 204, "DELETE {key}");
+        }
+    }
+}
+
+/// How many blobs are stored (files under `blobs/`, or objects under `blobs/` in the bucket).
+pub fn count_blobs(data_dir: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).expect("read blob dir") {
+            let e = e.expect("dir entry");
+            if e.file_type().expect("file type").is_dir() {
+                n += walk(&e.path());
+            } else {
+                n += 1;
+            }
+        }
+        n
+    }
+    if s3_endpoint().is_none() {
+        return walk(&data_dir.join("blobs"));
+    }
+    let bucket = s3_bucket(data_dir);
+    let mut n = 0;
+    let mut token = String::new();
+    loop {
+        let (status, body) = s3_request(
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix=blobs/{token}"),
+            &[],
+        );
+        assert_eq!(status, 200, "list {bucket}");
+        let body = String::from_utf8_lossy(&body).to_string();
+        n += body.matches("<Key>").count() as u64;
+        match body
+            .split_once("<NextContinuationToken>")
+            .and_then(|(_, rest)| rest.split_once("</NextContinuationToken>"))
+        {
+            Some((t, _)) => {
+                token = format!(
+                    "&continuation-token={}",
+                    form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+                )
+            }
+            None => return n,
+        }
+    }
 }
