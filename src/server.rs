@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::auth::store::AuthStore;
+use crate::config::{Config, MetadataBackend};
 use crate::maint::Maintenance;
+use crate::meta::maint::MaintenanceStore;
+use crate::meta::postgres::{PgMetadataStore, PgSettings};
 use crate::meta::sqlite::SqliteMetadataStore;
 use crate::registry::{Limits, Registry};
 use crate::store::fs::FsBlobStore;
@@ -60,38 +63,82 @@ pub struct Opened {
     pub maintenance: Arc<Maintenance>,
 }
 
-/// Opens the single-node stores under the data directory. The server and the maintenance commands open them the
-/// same way, so they share the cross-process digest lock file.
+/// The metadata store a config selects, as each trait the domain asks for.
+pub struct MetaStores {
+    pub meta: Arc<dyn crate::meta::MetadataStore>,
+    pub maint: Arc<dyn MaintenanceStore>,
+    pub auth: Arc<dyn AuthStore>,
+    /// PostgreSQL: replicas may share the store, so digest locks must exclude them too.
+    pub shared: bool,
+}
+
+impl MetaStores {
+    fn of<T: MaintenanceStore + AuthStore>(store: T, shared: bool) -> MetaStores {
+        let store = Arc::new(store);
+        MetaStores {
+            meta: store.clone(),
+            maint: store.clone(),
+            auth: store,
+            shared,
+        }
+    }
+}
+
+/// Opens the metadata store `storage.metadata` names: `berth.db` in the data directory, or the PostgreSQL database
+/// (not connected yet: the first operation connects and migrates; see `PgMetadataStore::ready`).
+pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
+    let s = &config.storage;
+    Ok(match s.metadata {
+        MetadataBackend::Sqlite => {
+            let dir = &s.data_dir;
+            let store = SqliteMetadataStore::open(&dir.join("berth.db"), s.sqlite_synchronous)
+                .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+            MetaStores::of(store, false)
+        }
+        MetadataBackend::Postgres => {
+            let settings = PgSettings {
+                url: s.postgres_url()?,
+                pool_size: s.postgres_pool_size,
+            };
+            let store = PgMetadataStore::open(&settings)
+                .context("cannot open the PostgreSQL metadata store")?;
+            MetaStores::of(store, true)
+        }
+    })
+}
+
+/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
+/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
+/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let blobs = FsBlobStore::open(dir)
         .with_context(|| format!("cannot open blob store in {}", dir.display()))?;
-    let meta = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
-        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let stores = open_meta(config)?;
     let limits = Limits {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
     };
-    let meta = Arc::new(meta);
-    let registry = Arc::new(
-        Registry::new(Arc::new(blobs), meta.clone(), limits)
-            .with_lock_file(dir.join("digest.locks")),
-    );
-    let maintenance = Arc::new(Maintenance::new(registry.clone(), meta));
+    let mut registry = Registry::new(Arc::new(blobs), stores.meta.clone(), limits)
+        .with_lock_file(dir.join("digest.locks"));
+    if stores.shared {
+        registry = registry.with_store_locks();
+    }
+    let registry = Arc::new(registry);
+    let maintenance = Arc::new(Maintenance::new(registry.clone(), stores.maint));
     Ok(Opened {
         registry,
         maintenance,
     })
 }
 
-/// Opens access control on the data directory: the user/token store (the same SQLite database, through its own
-/// connections) and the token signing key, created on first start.
+/// Opens access control: the user/token store (the metadata store, through its own connections) and the token
+/// signing key, created on first start in the data directory.
 pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
     let dir = &config.storage.data_dir;
-    let store = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
-        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let store = open_meta(config)?.auth;
     let key = crate::auth::SigningKey::open(dir)?;
     let a = &config.auth;
     let settings = crate::auth::Settings {
@@ -103,7 +150,7 @@ pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
         max_failed_logins: a.max_failed_logins,
         failed_login_window: a.failed_login_window,
     };
-    Ok(crate::auth::Auth::new(Arc::new(store), key, settings))
+    Ok(crate::auth::Auth::new(store, key, settings))
 }
 
 /// First start: no users yet, so create `admin`, with `BERTH_ADMIN_PASSWORD` or a random password shown once.

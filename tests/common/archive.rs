@@ -15,8 +15,13 @@ pub fn berth(args: &[&str]) -> Output {
 
 /// [`berth`] with extra environment variables (credentials are otherwise removed from its environment).
 pub fn berth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let data_dir = args
+        .iter()
+        .position(|a| *a == "--data-dir")
+        .and_then(|i| args.get(i + 1));
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
+        .envs(data_dir.map_or_else(Vec::new, |d| super::metadata_env(Path::new(d))))
         .env_remove("BERTH_USER")
         .env_remove("BERTH_PASSWORD")
         .envs(env.iter().copied())

@@ -26,6 +26,71 @@ pub struct Berth {
 /// The password of the `admin` user created on first start by the `start_secure*` constructors.
 pub const ADMIN_PASSWORD: &str = "admin-test-password";
 
+/// Which metadata store the suite runs against: `BERTH_TEST_METADATA=postgres` (with `BERTH_TEST_POSTGRES`, a
+/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`) runs every test on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("BERTH_TEST_METADATA").as_deref() == Ok("postgres")
+}
+
+/// Environment that points a `berth` process at the metadata store of `data_dir`: nothing for SQLite (`berth.db`
+/// inside it); for PostgreSQL, a database of its own named after the directory, created on first use, so every
+/// process on that directory (server, restarts, CLI commands) shares it and tests stay isolated from each other.
+pub fn metadata_env(data_dir: &Path) -> Vec<(String, String)> {
+    if !on_postgres() {
+        return Vec::new();
+    }
+    vec![
+        ("BERTH_METADATA".into(), "postgres".into()),
+        ("BERTH_POSTGRES_URL".into(), postgres_url(data_dir)),
+    ]
+}
+
+/// The PostgreSQL URL of `data_dir`'s test database, creating the database if needed.
+pub fn postgres_url(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let server = std::env::var("BERTH_TEST_POSTGRES")
+        .expect("BERTH_TEST_METADATA=postgres needs BERTH_TEST_POSTGRES=postgres://user@host:port");
+    let server = server.trim_end_matches('/');
+    let absolute = std::path::absolute(data_dir).expect("absolute data dir");
+    let hash = hex::encode(sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes()));
+    let db = format!("berth_test_{}", &hash[..20]);
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if !created.contains(&db) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(format!("{server}/postgres"))
+            .arg("-c")
+            .arg(format!("CREATE DATABASE {db}"))
+            .output()
+            .expect("run psql");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("already exists"),
+            "cannot create test database {db}: {err}"
+        );
+        created.push(db.clone());
+    }
+    format!("{server}/{db}")
+}
+
+/// Runs SQL with `psql` on `data_dir`'s PostgreSQL test database; returns the rows, `|`-separated, one a line.
+pub fn psql(data_dir: &Path, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(postgres_url(data_dir))
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asks the OS for a free loopback port.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -80,6 +145,7 @@ impl Berth {
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .envs(metadata_env(data_dir))
             .stdin(Stdio::null());
         if open_access {
             c.env("BERTH_OPEN_ACCESS", "true");
