@@ -21,7 +21,7 @@ pub fn berth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .and_then(|i| args.get(i + 1));
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
-        .envs(data_dir.map_or_else(Vec::new, |d| super::metadata_env(Path::new(d))))
+        .envs(data_dir.map_or_else(Vec::new, |d| crate::common::metadata_env(Path::new(d))))
         .env_remove("BERTH_USER")
         .env_remove("BERTH_PASSWORD")
         .envs(env.iter().copied())

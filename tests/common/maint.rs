@@ -24,7 +24,7 @@ pub fn run(args: &[&str], config: &Path, data_dir: &Path) -> Output {
         .arg(config)
         .arg("--data-dir")
         .arg(data_dir)
-        .envs(super::metadata_env(data_dir))
+        .envs(crate::common::metadata_env(data_dir))
         .output()
         .expect("run berth")
 }
@@ -67,10 +67,10 @@ const DUMPED_TABLES: [&str; 7] = [
 
 /// Every row of every content table, in a stable order: equal dumps mean nothing changed.
 pub fn db_dump(data_dir: &Path) -> String {
-    if super::on_postgres() {
+    if crate::common::on_postgres() {
         let mut out = String::new();
         for table in DUMPED_TABLES {
-            for row in super::psql(data_dir, &format!("SELECT * FROM {table} ORDER BY 1, 2")).lines() {
+            for row in crate::common::psql(data_dir, &format!("SELECT * FROM {table} ORDER BY 1, 2")).lines() {
                 out.push_str(&format!("{table} {row}\n"));
             }
         }

@@ -16,6 +16,8 @@ pub struct Berth {
     pub child: Child,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The data directory whose metadata store this server uses (its own, except for replicas).
+    metadata_dir: PathBuf,
     /// Keeps the temporary data directory alive for the server's lifetime.
     _tmp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
@@ -132,7 +134,40 @@ impl Berth {
         Self::spawn(data_dir, extra, false)
     }
 
-    fn command(port: u16, data_dir: &Path, extra: &[&str], open_access: bool) -> Command {
+    /// PostgreSQL only: starts a second replica of `of` on `data_dir`, sharing `of`'s database and, through
+    /// symbolic links, its blob store (`blobs/`, `uploads/`, `tmp/`): the scale-out shape on one machine, where a
+    /// shared object store would hold the blobs. The data directories differ, so each has its own `berth.lock`.
+    pub fn start_replica(data_dir: &Path, of: &Berth, extra: &[&str]) -> Berth {
+        std::fs::create_dir_all(data_dir).expect("create replica data dir");
+        for sub in ["blobs", "uploads", "tmp"] {
+            let shared = of.data_dir.join(sub);
+            std::fs::create_dir_all(&shared).expect("create shared dir");
+            std::os::unix::fs::symlink(&shared, data_dir.join(sub)).expect("link shared dir");
+        }
+        let port = free_port();
+        let child = Self::command(port, data_dir, &of.metadata_dir, extra, true)
+            .spawn()
+            .expect("spawn berth replica");
+        let b = Berth {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            metadata_dir: of.metadata_dir.clone(),
+            _tmp: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            open_access: true,
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn command(
+        port: u16,
+        data_dir: &Path,
+        metadata_dir: &Path,
+        extra: &[&str],
+        open_access: bool,
+    ) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.arg("serve")
             .arg("--listen")
@@ -145,7 +180,7 @@ impl Berth {
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .envs(metadata_env(data_dir))
+            .envs(metadata_env(metadata_dir))
             .stdin(Stdio::null());
         if open_access {
             c.env("BERTH_OPEN_ACCESS", "true");
@@ -157,13 +192,14 @@ impl Berth {
 
     fn spawn(data_dir: &Path, extra: &[&str], open_access: bool) -> Berth {
         let port = free_port();
-        let child = Self::command(port, data_dir, extra, open_access)
+        let child = Self::command(port, data_dir, data_dir, extra, open_access)
             .spawn()
             .expect("spawn berth");
         let b = Berth {
             child,
             port,
             data_dir: data_dir.to_path_buf(),
+            metadata_dir: data_dir.to_path_buf(),
             _tmp: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             open_access,
@@ -203,7 +239,13 @@ impl Berth {
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra_args.iter().map(|s| s.as_str()).collect();
-        let child = Self::command(self.port, &self.data_dir, &extra, self.open_access)
+        let child = Self::command(
+            self.port,
+            &self.data_dir,
+            &self.metadata_dir,
+            &extra,
+            self.open_access,
+        )
             .spawn()
             .expect("respawn berth");
         self.child = child;
