@@ -61,6 +61,8 @@ const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 pub struct Opened {
     pub registry: Arc<Registry>,
     pub maintenance: Arc<Maintenance>,
+    /// The PostgreSQL store, when metadata lives there (`serve` connects and migrates it before listening).
+    pub postgres: Option<Arc<PgMetadataStore>>,
 }
 
 /// The metadata store a config selects, as each trait the domain asks for.
@@ -68,18 +70,17 @@ pub struct MetaStores {
     pub meta: Arc<dyn crate::meta::MetadataStore>,
     pub maint: Arc<dyn MaintenanceStore>,
     pub auth: Arc<dyn AuthStore>,
-    /// PostgreSQL: replicas may share the store, so digest locks must exclude them too.
-    pub shared: bool,
+    /// The PostgreSQL store (replicas may share it, so digest locks must exclude them too).
+    pub postgres: Option<Arc<PgMetadataStore>>,
 }
 
 impl MetaStores {
-    fn of<T: MaintenanceStore + AuthStore>(store: T, shared: bool) -> MetaStores {
-        let store = Arc::new(store);
+    fn of<T: MaintenanceStore + AuthStore>(store: Arc<T>) -> MetaStores {
         MetaStores {
             meta: store.clone(),
             maint: store.clone(),
             auth: store,
-            shared,
+            postgres: None,
         }
     }
 }
@@ -93,16 +94,21 @@ pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
             let dir = &s.data_dir;
             let store = SqliteMetadataStore::open(&dir.join("berth.db"), s.sqlite_synchronous)
                 .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
-            MetaStores::of(store, false)
+            MetaStores::of(Arc::new(store))
         }
         MetadataBackend::Postgres => {
             let settings = PgSettings {
                 url: s.postgres_url()?,
                 pool_size: s.postgres_pool_size,
             };
-            let store = PgMetadataStore::open(&settings)
-                .context("cannot open the PostgreSQL metadata store")?;
-            MetaStores::of(store, true)
+            let store = Arc::new(
+                PgMetadataStore::open(&settings)
+                    .context("cannot open the PostgreSQL metadata store")?,
+            );
+            MetaStores {
+                postgres: Some(store.clone()),
+                ..MetaStores::of(store)
+            }
         }
     })
 }
@@ -123,7 +129,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     };
     let mut registry = Registry::new(Arc::new(blobs), stores.meta.clone(), limits)
         .with_lock_file(dir.join("digest.locks"));
-    if stores.shared {
+    if stores.postgres.is_some() {
         registry = registry.with_store_locks();
     }
     let registry = Arc::new(registry);
@@ -131,6 +137,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     Ok(Opened {
         registry,
         maintenance,
+        postgres: stores.postgres,
     })
 }
 
@@ -219,7 +226,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let Opened {
         registry,
         maintenance,
+        postgres,
     } = open(&config)?;
+    if let Some(pg) = postgres {
+        // Fail at start, not at the first request, when the database is unreachable or too new.
+        pg.ready()
+            .await
+            .context("cannot use the PostgreSQL metadata database")?;
+    }
     registry
         .reclaim_after_restart()
         .await

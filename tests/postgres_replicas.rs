@@ -88,7 +88,9 @@ async fn tag_lists_stay_fresh_across_replicas() {
     let resp = rb.delete("/v2/fresh/app/manifests/a").await;
     assert_eq!(resp.status(), 202);
     assert_eq!(tag_list(&ra, "fresh/app").await, ["b", "c"]);
-    let resp = ra.delete(&format!("/v2/fresh/app/manifests/{}", img.digest)).await;
+    let resp = ra
+        .delete(&format!("/v2/fresh/app/manifests/{}", img.digest))
+        .await;
     assert_eq!(resp.status(), 202);
     assert!(tag_list(&rb, "fresh/app").await.is_empty());
 }
@@ -110,14 +112,25 @@ async fn concurrent_pushes_of_one_digest_and_gc_from_the_other_replica() {
         let repo = "race/app";
         // Make the content garbage: pushed, then untagged, older than the 1 s grace and untagged TTL.
         let img = ra.push_image(repo, "t", &format!("round-{round}")).await;
-        assert_eq!(ra.delete(&format!("/v2/{repo}/manifests/t")).await.status(), 202);
+        assert_eq!(
+            ra.delete(&format!("/v2/{repo}/manifests/t")).await.status(),
+            202
+        );
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
 
         // `berth gc` on replica b's directory (the shared blobs) and the shared database.
         let mut gc = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
-        gc.args(["gc", "--grace", "1s", "--json", "--config", &cfg_s, "--data-dir"])
-            .arg(&b.data_dir)
-            .envs(common::metadata_env(&a.data_dir));
+        gc.args([
+            "gc",
+            "--grace",
+            "1s",
+            "--json",
+            "--config",
+            &cfg_s,
+            "--data-dir",
+        ])
+        .arg(&b.data_dir)
+        .envs(common::metadata_env(&a.data_dir));
         let gc = tokio::task::spawn_blocking(move || gc.output().unwrap());
         let pushes: Vec<_> = [ra.clone(), rb.clone(), ra.clone(), rb.clone()]
             .into_iter()
@@ -177,7 +190,10 @@ async fn digest_locks_and_leases_exclude_other_replicas() {
     });
     // The other replica queues behind the lock until it is released (the holder is still alive here).
     let lease = one.try_lease("gc").await.unwrap().expect("the first lease");
-    assert!(two.try_lease("gc").await.unwrap().is_none(), "a second holder of the gc lease");
+    assert!(
+        two.try_lease("gc").await.unwrap().is_none(),
+        "a second holder of the gc lease"
+    );
     assert!(rx.try_recv().is_err(), "the digest lock was granted twice");
     drop(held);
     let _granted = waiter.await.unwrap().expect("the lock after release");

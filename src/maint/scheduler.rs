@@ -49,8 +49,13 @@ where
 async fn leased(m: &Maintenance, job: &str, run: impl std::future::Future<Output = ()>) {
     match m.store().try_lease(job).await {
         Ok(Some(_lease)) => run.await,
-        Ok(None) => tracing::info!(job, "another replica holds this job's lease; skipping this run"),
-        Err(e) => tracing::error!(job, error = %e, "cannot take this job's lease; skipping this run"),
+        Ok(None) => tracing::info!(
+            job,
+            "another replica holds this job's lease; skipping this run"
+        ),
+        Err(e) => {
+            tracing::error!(job, error = %e, "cannot take this job's lease; skipping this run")
+        }
     }
 }
 

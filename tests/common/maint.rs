@@ -70,7 +70,10 @@ pub fn db_dump(data_dir: &Path) -> String {
     if crate::common::on_postgres() {
         let mut out = String::new();
         for table in DUMPED_TABLES {
-            for row in crate::common::psql(data_dir, &format!("SELECT * FROM {table} ORDER BY 1, 2")).lines() {
+            for row in
+                crate::common::psql(data_dir, &format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                    .lines()
+            {
                 out.push_str(&format!("{table} {row}\n"));
             }
         }

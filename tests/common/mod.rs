@@ -55,7 +55,9 @@ pub fn postgres_url(data_dir: &Path) -> String {
         .expect("BERTH_TEST_METADATA=postgres needs BERTH_TEST_POSTGRES=postgres://user@host:port");
     let server = server.trim_end_matches('/');
     let absolute = std::path::absolute(data_dir).expect("absolute data dir");
-    let hash = hex::encode(sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes()));
+    let hash = hex::encode(sha2::Sha256::digest(
+        absolute.as_os_str().as_encoded_bytes(),
+    ));
     let db = format!("berth_test_{}", &hash[..20]);
     let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
     if !created.contains(&db) {
@@ -135,11 +137,12 @@ impl Berth {
     }
 
     /// PostgreSQL only: starts a second replica of `of` on `data_dir`, sharing `of`'s database and, through
-    /// symbolic links, its blob store (`blobs/`, `uploads/`, `tmp/`): the scale-out shape on one machine, where a
-    /// shared object store would hold the blobs. The data directories differ, so each has its own `berth.lock`.
+    /// symbolic links, its blob store (`blobs/`, `uploads/`): the scale-out shape on one machine, where a shared
+    /// object store would hold the blobs. Each replica keeps its own `tmp/` (a starting replica clears its staging
+    /// files) and `berth.lock`.
     pub fn start_replica(data_dir: &Path, of: &Berth, extra: &[&str]) -> Berth {
         std::fs::create_dir_all(data_dir).expect("create replica data dir");
-        for sub in ["blobs", "uploads", "tmp"] {
+        for sub in ["blobs", "uploads"] {
             let shared = of.data_dir.join(sub);
             std::fs::create_dir_all(&shared).expect("create shared dir");
             std::os::unix::fs::symlink(&shared, data_dir.join(sub)).expect("link shared dir");
@@ -246,8 +249,8 @@ impl Berth {
             &extra,
             self.open_access,
         )
-            .spawn()
-            .expect("respawn berth");
+        .spawn()
+        .expect("respawn berth");
         self.child = child;
         self.wait_ready();
     }

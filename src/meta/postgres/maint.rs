@@ -455,12 +455,7 @@ impl MaintenanceStore for PgMetadataStore {
         )
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    parse_digest(r.try_get(0)?)?,
-                    r.try_get::<_, i64>(1)? as u64,
-                ))
-            })
+            .map(|r| Ok((parse_digest(r.try_get(0)?)?, r.try_get::<_, i64>(1)? as u64)))
             .collect()
     }
 

@@ -169,8 +169,9 @@ fn backoff_delay(attempt: u32) -> Duration {
 /// Repositories whose tag list is kept in memory at most (the cache is dropped whole when full).
 const TAG_LIST_CACHE_REPOS: usize = 1024;
 
-/// Tag lists by repository name, with the `tag_version` they were read at.
-type TagLists = Arc<Mutex<HashMap<String, (i64, Arc<Vec<String>>)>>>;
+/// Tag lists by repository name, with the repository id and `tag_version` they were read at. The id matters: a
+/// repository deleted by GC and pushed again is a new row whose version counts from zero again.
+type TagLists = Arc<Mutex<HashMap<String, ((i64, i64), Arc<Vec<String>>)>>>;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -418,7 +419,11 @@ async fn ensure_repo<C: GenericClient>(
     repo: &str,
     mirror: Option<&str>,
 ) -> Result<i64, PgError> {
-    let kind = if mirror.is_some() { "mirror" } else { "private" };
+    let kind = if mirror.is_some() {
+        "mirror"
+    } else {
+        "private"
+    };
     for _ in 0..3 {
         if let Some(r) = query_opt(
             c,
@@ -441,7 +446,10 @@ async fn ensure_repo<C: GenericClient>(
             return Ok(r.try_get(0)?);
         }
     }
-    Err(MetaError::Database(format!("repository {repo:?} keeps disappearing while being created")).into())
+    Err(MetaError::Database(format!(
+        "repository {repo:?} keeps disappearing while being created"
+    ))
+    .into())
 }
 
 async fn insert_blob<C: GenericClient>(
@@ -590,7 +598,10 @@ impl MetadataStore for PgMetadataStore {
             &[&repo.as_str(), &digest.to_string()],
         )
         .await?;
-        Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?.map(|s| s as u64))
+        Ok(row
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()?
+            .map(|s| s as u64))
     }
 
     async fn mount_blob(
@@ -693,15 +704,13 @@ impl MetadataStore for PgMetadataStore {
                 let actual = match existing {
                     None => None,
                     Some(id) => match r.kind {
-                        RefKind::Config | RefKind::Layer => {
-                            query_opt(
-                                tx,
-                                "SELECT b.size FROM repo_blob rb JOIN blob b ON b.digest = rb.digest
+                        RefKind::Config | RefKind::Layer => query_opt(
+                            tx,
+                            "SELECT b.size FROM repo_blob rb JOIN blob b ON b.digest = rb.digest
                                  WHERE rb.repo = $1 AND rb.digest = $2",
-                                &[&id, d],
-                            )
-                            .await?
-                        }
+                            &[&id, d],
+                        )
+                        .await?,
                         RefKind::Child => {
                             query_opt(
                                 tx,
@@ -872,7 +881,7 @@ impl MetadataStore for PgMetadataStore {
             .tag_lists
             .lock()
             .get(repo.as_str())
-            .filter(|(v, _)| *v == version)
+            .filter(|(v, _)| *v == (id, version))
             .map(|(_, t)| t.clone());
         let tags = match cached {
             Some(t) => t,
@@ -888,7 +897,7 @@ impl MetadataStore for PgMetadataStore {
                 if cache.len() >= TAG_LIST_CACHE_REPOS {
                     cache.clear();
                 }
-                cache.insert(repo.to_string(), (version, t.clone()));
+                cache.insert(repo.to_string(), ((id, version), t.clone()));
                 t
             }
         };
@@ -1187,7 +1196,12 @@ impl MetadataStore for PgMetadataStore {
         execute(
             &c,
             "INSERT INTO upload (id, repo, algorithm, started_at) VALUES ($1, $2, $3, $4)",
-            &[&u.id, &u.repo.as_str(), &u.algorithm.as_str(), &u.started_at],
+            &[
+                &u.id,
+                &u.repo.as_str(),
+                &u.algorithm.as_str(),
+                &u.started_at,
+            ],
         )
         .await?;
         Ok(())

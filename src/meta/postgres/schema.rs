@@ -155,11 +155,8 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), P
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.batch_execute(sql).await?;
-        tx.execute(
-            "UPDATE berth_schema SET version = $1",
-            &[&((i + 1) as i32)],
-        )
-        .await?;
+        tx.execute("UPDATE berth_schema SET version = $1", &[&((i + 1) as i32)])
+            .await?;
     }
     tx.commit().await?;
     Ok(())
