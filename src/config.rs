@@ -868,6 +868,25 @@ mod tests {
     }
 
     #[test]
+    fn postgres_metadata_needs_exactly_one_url_source() {
+        let c = Config::parse("[storage]\nmetadata = \"postgres\"\n").unwrap();
+        assert!(c.validate().is_err(), "no URL");
+        let c = Config::parse(
+            "[storage]\nmetadata = \"postgres\"\npostgres_url = \"postgres://a@b/c\"\n\
+             postgres_url_env = \"X\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_err(), "two sources");
+        let c = Config::parse(
+            "[storage]\nmetadata = \"postgres\"\npostgres_url = \"postgres://a@b/c\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.storage.postgres_url().unwrap(), "postgres://a@b/c");
+        assert!(Config::parse("[storage]\nmetadata = \"mysql\"\n").is_err());
+    }
+
+    #[test]
     fn bad_listen_address_is_invalid() {
         let mut c = Config::default();
         c.server.listen = vec!["localhost".into()];

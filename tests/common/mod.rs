@@ -65,7 +65,8 @@ pub fn postgres_url(data_dir: &Path) -> String {
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(format!("{server}/postgres"))
             .arg("-c")
-            .arg(format!("CREATE DATABASE {db}"))
+            // FILE_COPY: no WAL for the copied template, which would otherwise dominate the cluster's disk use.
+            .arg(format!("CREATE DATABASE {db} STRATEGY = FILE_COPY"))
             .output()
             .expect("run psql");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -265,7 +266,25 @@ impl Drop for Berth {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A server that owns its temporary data directory owns its test database too: drop it with the directory.
+        if self._tmp.is_some() && on_postgres() {
+            drop_database(&self.data_dir);
+        }
     }
+}
+
+/// Drops `data_dir`'s PostgreSQL test database (best effort: a leftover only costs disk in a throwaway cluster).
+pub fn drop_database(data_dir: &Path) {
+    let url = postgres_url(data_dir);
+    let Some((server, db)) = url.rsplit_once('/') else {
+        return;
+    };
+    let _ = Command::new("psql")
+        .args(["-X", "-q", "-d"])
+        .arg(format!("{server}/postgres"))
+        .arg("-c")
+        .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .output();
 }
 
 /// `sha256:<hex>` of `data`.
