@@ -337,6 +337,9 @@ pub struct MirrorListener {
 pub struct Storage {
     /// Directory holding blobs (`blobs/`, `uploads/`, `tmp/`) and the SQLite database (`berth.db`).
     pub data_dir: PathBuf,
+    /// Where metadata lives: `sqlite` (`berth.db` in the data directory, one server) or `postgres` (shared by
+    /// several replicas; docs/scale-out.md).
+    pub metadata: MetadataBackend,
     /// `full`: every commit is fsync'd (an acknowledged push survives power loss). `normal`: faster, survives a
     /// process crash but may lose the last acknowledged writes on power loss.
     pub sqlite_synchronous: Synchronous,
@@ -346,6 +349,15 @@ pub struct Storage {
     pub s3: S3Storage,
     pub gcs: GcsStorage,
     pub azure: AzureStorage,
+    /// PostgreSQL connection URL (`postgres://user:password@host:5432/berth`). Never logged; prefer
+    /// `postgres_url_env` to keep the password out of this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// Name of an environment variable holding the PostgreSQL URL, instead of `postgres_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url_env: Option<String>,
+    /// Connections per replica for metadata transactions (as many again at most hold digest locks and leases).
+    pub postgres_pool_size: usize,
 }
 
 /// The blob backend.
@@ -419,6 +431,34 @@ pub struct AzureStorage {
     pub allow_http: bool,
 }
 
+/// The metadata store behind `storage.metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl Storage {
+    /// The PostgreSQL URL, from `postgres_url` or the variable `postgres_url_env` names.
+    pub fn postgres_url(&self) -> Result<String, ConfigError> {
+        match (&self.postgres_url, &self.postgres_url_env) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "storage: set postgres_url or postgres_url_env, not both".into(),
+            )),
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "storage.postgres_url_env: environment variable {var} is not set"
+                ))
+            }),
+            (None, None) => Err(ConfigError::Invalid(
+                "storage.metadata = \"postgres\" needs postgres_url or postgres_url_env".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -461,11 +501,15 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
+            metadata: MetadataBackend::Sqlite,
             sqlite_synchronous: Synchronous::Full,
             blobs: BlobBackend::Filesystem,
             s3: S3Storage::default(),
             gcs: GcsStorage::default(),
             azure: AzureStorage::default(),
+            postgres_url: None,
+            postgres_url_env: None,
+            postgres_pool_size: 16,
         }
     }
 }
@@ -698,6 +742,9 @@ shutdown_timeout = "30s"
 [storage]
 # Blobs (blobs/, uploads/, tmp/) and the SQLite metadata database (berth.db) live here.
 data_dir = "./berth-data"
+# Metadata store: "sqlite" (berth.db in data_dir; one server) or "postgres" (several replicas share one
+# database; see docs/scale-out.md). BERTH_METADATA overrides it.
+metadata = "sqlite"
 # "full": fsync every metadata commit, so an acknowledged push survives power loss.
 # "normal": faster; survives a crash of berth, may lose the last acknowledged writes on power loss.
 sqlite_synchronous = "full"
@@ -728,6 +775,12 @@ blobs = "filesystem"
 # access_key_env = "BERTH_AZURE_KEY"   # absent: AZURE_* variables, then managed identity
 # endpoint = "http://azurite:10000/devstoreaccount1"
 # allow_http = false
+# With metadata = "postgres": the database URL, or the name of an environment variable holding it (keeps the
+# password out of this file). BERTH_POSTGRES_URL overrides both. The URL is never logged.
+# postgres_url = "postgres://berth:secret@db.internal:5432/berth"
+# postgres_url_env = "BERTH_POSTGRES_URL_SECRET"
+# Connections per replica for metadata transactions; as many again at most hold digest locks and leases.
+postgres_pool_size = 16
 
 [limits]
 # Largest manifest accepted on push.
@@ -880,7 +933,7 @@ pub enum ConfigError {
 impl Config {
     /// Loads a config file (or the defaults when `path` is `None`) and validates it.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let config = match path {
+        let mut config = match path {
             None => Config::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -893,10 +946,32 @@ impl Config {
                 })?
             }
         };
-        let mut config = config;
         config.storage.apply_env()?;
+        config.apply_env()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `BERTH_METADATA` and `BERTH_POSTGRES_URL` replace the storage keys of the file, for every command that loads
+    /// a config (`serve`, maintenance, users, tokens, archives): one environment selects the store for all of them.
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        match std::env::var("BERTH_METADATA").as_deref() {
+            Ok("postgres") => self.storage.metadata = MetadataBackend::Postgres,
+            Ok("sqlite") => self.storage.metadata = MetadataBackend::Sqlite,
+            Ok("") | Err(_) => {}
+            Ok(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "BERTH_METADATA={other:?}: expected sqlite or postgres"
+                )));
+            }
+        }
+        if let Ok(url) = std::env::var("BERTH_POSTGRES_URL")
+            && !url.is_empty()
+        {
+            self.storage.postgres_url = Some(url);
+            self.storage.postgres_url_env = None;
+        }
+        Ok(())
     }
 
     /// Parses TOML text; the error is one line naming the offending key.
@@ -953,6 +1028,14 @@ impl Config {
                 "limits.max_manifest_size must be positive".into(),
             ));
         }
+        if self.storage.metadata == MetadataBackend::Postgres {
+            self.storage.postgres_url()?;
+            if self.storage.postgres_pool_size == 0 {
+                return Err(ConfigError::Invalid(
+                    "storage.postgres_pool_size must be positive".into(),
+                ));
+            }
+        }
         self.auth.compile()?;
         crate::maint::retention::compile_all(&self.retention.policy)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -994,6 +1077,25 @@ mod tests {
             .unwrap();
         assert_eq!(c.limits.max_manifest_size.as_u64(), 1 << 20);
         assert_eq!(c.limits.upload_expiry, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn postgres_metadata_needs_exactly_one_url_source() {
+        let c = Config::parse("[storage]\nmetadata = \"postgres\"\n").unwrap();
+        assert!(c.validate().is_err(), "no URL");
+        let c = Config::parse(
+            "[storage]\nmetadata = \"postgres\"\npostgres_url = \"postgres://a@b/c\"\n\
+             postgres_url_env = \"X\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_err(), "two sources");
+        let c = Config::parse(
+            "[storage]\nmetadata = \"postgres\"\npostgres_url = \"postgres://a@b/c\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.storage.postgres_url().unwrap(), "postgres://a@b/c");
+        assert!(Config::parse("[storage]\nmetadata = \"mysql\"\n").is_err());
     }
 
     #[test]

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::BlobBackend;
-use crate::config::Config;
+use crate::auth::store::AuthStore;
+use crate::config::{BlobBackend, Config, MetadataBackend};
 use crate::maint::Maintenance;
+use crate::meta::maint::MaintenanceStore;
+use crate::meta::postgres::{PgMetadataStore, PgSettings};
 use crate::meta::sqlite::SqliteMetadataStore;
 use crate::registry::{Limits, Registry};
 use crate::store::BlobStore;
@@ -61,10 +63,61 @@ const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 pub struct Opened {
     pub registry: Arc<Registry>,
     pub maintenance: Arc<Maintenance>,
+    /// The PostgreSQL store, when metadata lives there (`serve` connects and migrates it before listening).
+    pub postgres: Option<Arc<PgMetadataStore>>,
 }
 
-/// Opens the single-node stores under the data directory. The server and the maintenance commands open them the
-/// same way, so they share the cross-process digest lock file.
+/// The metadata store a config selects, as each trait the domain asks for.
+pub struct MetaStores {
+    pub meta: Arc<dyn crate::meta::MetadataStore>,
+    pub maint: Arc<dyn MaintenanceStore>,
+    pub auth: Arc<dyn AuthStore>,
+    /// The PostgreSQL store (replicas may share it, so digest locks must exclude them too).
+    pub postgres: Option<Arc<PgMetadataStore>>,
+}
+
+impl MetaStores {
+    fn of<T: MaintenanceStore + AuthStore>(store: Arc<T>) -> MetaStores {
+        MetaStores {
+            meta: store.clone(),
+            maint: store.clone(),
+            auth: store,
+            postgres: None,
+        }
+    }
+}
+
+/// Opens the metadata store `storage.metadata` names: `berth.db` in the data directory, or the PostgreSQL database
+/// (not connected yet: the first operation connects and migrates; see `PgMetadataStore::ready`).
+pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
+    let s = &config.storage;
+    Ok(match s.metadata {
+        MetadataBackend::Sqlite => {
+            let dir = &s.data_dir;
+            let store = SqliteMetadataStore::open(&dir.join("berth.db"), s.sqlite_synchronous)
+                .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+            MetaStores::of(Arc::new(store))
+        }
+        MetadataBackend::Postgres => {
+            let settings = PgSettings {
+                url: s.postgres_url()?,
+                pool_size: s.postgres_pool_size,
+            };
+            let store = Arc::new(
+                PgMetadataStore::open(&settings)
+                    .context("cannot open the PostgreSQL metadata store")?,
+            );
+            MetaStores {
+                postgres: Some(store.clone()),
+                ..MetaStores::of(store)
+            }
+        }
+    })
+}
+
+/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
+/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
+/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
@@ -79,29 +132,30 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
                 .with_context(|| format!("cannot open the {backend:?} blob store"))?,
         ),
     };
-    let meta = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
-        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let stores = open_meta(config)?;
     let limits = Limits {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
     };
-    let meta = Arc::new(meta);
-    let registry = Arc::new(
-        Registry::new(blobs, meta.clone(), limits).with_lock_file(dir.join("digest.locks")),
-    );
-    let maintenance = Arc::new(Maintenance::new(registry.clone(), meta));
+    let mut registry =
+        Registry::new(blobs, stores.meta.clone(), limits).with_lock_file(dir.join("digest.locks"));
+    if stores.postgres.is_some() {
+        registry = registry.with_store_locks();
+    }
+    let registry = Arc::new(registry);
+    let maintenance = Arc::new(Maintenance::new(registry.clone(), stores.maint));
     Ok(Opened {
         registry,
         maintenance,
+        postgres: stores.postgres,
     })
 }
 
-/// Opens access control on the data directory: the user/token store (the same SQLite database, through its own
-/// connections) and the token signing key, created on first start.
+/// Opens access control: the user/token store (the metadata store, through its own connections) and the token
+/// signing key, created on first start in the data directory.
 pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
     let dir = &config.storage.data_dir;
-    let store = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
-        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
+    let store = open_meta(config)?.auth;
     let key = crate::auth::SigningKey::open(dir)?;
     let a = &config.auth;
     let settings = crate::auth::Settings {
@@ -113,7 +167,7 @@ pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
         max_failed_logins: a.max_failed_logins,
         failed_login_window: a.failed_login_window,
     };
-    Ok(crate::auth::Auth::new(Arc::new(store), key, settings))
+    Ok(crate::auth::Auth::new(store, key, settings))
 }
 
 /// First start: no users yet, so create `admin`, with `BERTH_ADMIN_PASSWORD` or a random password shown once.
@@ -182,15 +236,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let Opened {
         registry,
         maintenance,
+        postgres,
     } = open(&config)?;
-    // The UI's page queries run on their own connections to the same database, like access control's.
-    let ui_store: Arc<dyn crate::meta::ui::UiStore> = Arc::new(
-        SqliteMetadataStore::open(
-            &config.storage.data_dir.join("berth.db"),
-            config.storage.sqlite_synchronous,
-        )
-        .context("cannot open metadata database for the web UI")?,
-    );
+    if let Some(pg) = postgres {
+        // Fail at start, not at the first request, when the database is unreachable or too new.
+        pg.ready()
+            .await
+            .context("cannot use the PostgreSQL metadata database")?;
+    }
+    // The UI's page queries run on their own connections to the same database, like access control's. They exist
+    // for SQLite only so far: with PostgreSQL metadata the UI is off (docs/ui.md).
+    let ui_store: Option<Arc<dyn crate::meta::ui::UiStore>> = match config.storage.metadata {
+        MetadataBackend::Sqlite => Some(Arc::new(
+            SqliteMetadataStore::open(
+                &config.storage.data_dir.join("berth.db"),
+                config.storage.sqlite_synchronous,
+            )
+            .context("cannot open metadata database for the web UI")?,
+        )),
+        MetadataBackend::Postgres => None,
+    };
     registry
         .reclaim_after_restart()
         .await
@@ -204,9 +269,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
     mirrors.start_eviction();
-    let ui = config.ui.enabled.then(|| {
+    let ui = ui_store.filter(|_| config.ui.enabled).map(|store| {
         Arc::new(crate::ui::Ui::new(
-            ui_store.clone(),
+            store,
             registry.clone(),
             maintenance.clone(),
             policies.clone(),

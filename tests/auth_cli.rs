@@ -70,6 +70,7 @@ async fn first_start_prints_a_random_admin_password_once() {
                 "--data-dir",
             ])
             .arg(dir.path())
+            .envs(common::metadata_env(dir.path()))
             .env_remove("BERTH_ADMIN_PASSWORD")
             .env_remove("BERTH_OPEN_ACCESS")
             .env("RUST_LOG", "info")
@@ -262,6 +263,7 @@ async fn audit_lines_name_events_and_never_secrets() {
             "--data-dir",
         ])
         .arg(&data)
+        .envs(common::metadata_env(&data))
         .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
         .env_remove("BERTH_OPEN_ACCESS")
         .env("RUST_LOG", "warn,audit=info")

@@ -60,6 +60,7 @@ async fn kill9_during_gc_retention_and_pushes_leaves_a_clean_registry() {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(&b.data_dir)
+            .envs(common::metadata_env(&b.data_dir))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

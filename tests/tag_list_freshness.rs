@@ -57,14 +57,24 @@ async fn tag_list_follows_every_change_including_other_writers() {
     assert_eq!(tags(&base, "?n=1&last=a").await, ["b"]);
 
     // Another writer of the same database (the CLI, another replica) adds a tag behind the server's back.
-    let db = rusqlite::Connection::open(b.data_dir.join("berth.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db.execute(
-        "INSERT INTO tag (repo, name, manifest, updated_at)
-         SELECT id, 'c', ?1, 0 FROM repository WHERE name = 'fresh/app'",
-        [&md],
-    )
-    .unwrap();
+    if common::on_postgres() {
+        common::psql(
+            &b.data_dir,
+            &format!(
+                "INSERT INTO tag (repo, name, manifest, updated_at)
+                 SELECT id, 'c', '{md}', 0 FROM repository WHERE name = 'fresh/app'"
+            ),
+        );
+    } else {
+        let db = rusqlite::Connection::open(b.data_dir.join("berth.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        db.execute(
+            "INSERT INTO tag (repo, name, manifest, updated_at)
+             SELECT id, 'c', ?1, 0 FROM repository WHERE name = 'fresh/app'",
+            [&md],
+        )
+        .unwrap();
+    }
     assert_eq!(tags(&base, "").await, ["a", "b", "c"]);
 
     let r = client()

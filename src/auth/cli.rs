@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -11,7 +10,6 @@ use clap::{Args, Subcommand};
 use super::Accounts;
 use super::policy::Scope;
 use crate::config::Config;
-use crate::meta::sqlite::SqliteMetadataStore;
 
 /// Where the data lives: the same flags and environment as `serve`.
 #[derive(Args, Debug, Clone)]
@@ -111,10 +109,9 @@ fn data_dir(args: &DataArgs) -> anyhow::Result<(PathBuf, Config)> {
 }
 
 fn open(args: &DataArgs) -> anyhow::Result<Accounts> {
-    let (dir, config) = data_dir(args)?;
-    let store = SqliteMetadataStore::open(&dir.join("berth.db"), config.storage.sqlite_synchronous)
-        .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
-    Ok(Accounts::new(Arc::new(store)))
+    let (dir, mut config) = data_dir(args)?;
+    config.storage.data_dir = dir;
+    Ok(Accounts::new(crate::server::open_meta(&config)?.auth))
 }
 
 /// The commands write the same `audit` lines as the server (user added, token created, …) to stderr, so the

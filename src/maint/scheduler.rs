@@ -42,6 +42,23 @@ where
     });
 }
 
+/// Runs a scheduled job under its lease, so of several replicas sharing a metadata store one runs it at a time
+/// (a lease dies with its holder, and the next replica whose schedule comes up takes it). Skipped while another
+/// replica holds the lease; command-line runs take no lease (every deletion re-checks in its transaction, so
+/// overlapping runs are safe, only wasteful).
+async fn leased(m: &Maintenance, job: &str, run: impl std::future::Future<Output = ()>) {
+    match m.store().try_lease(job).await {
+        Ok(Some(_lease)) => run.await,
+        Ok(None) => tracing::info!(
+            job,
+            "another replica holds this job's lease; skipping this run"
+        ),
+        Err(e) => {
+            tracing::error!(job, error = %e, "cannot take this job's lease; skipping this run")
+        }
+    }
+}
+
 /// Starts every scheduled job for the server.
 pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
     {
@@ -100,9 +117,12 @@ pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
             move || {
                 let (m, policies) = (m.clone(), policies.clone());
                 async move {
-                    if let Err(e) = m.retention(&policies, false, &Quiet).await {
-                        tracing::error!(error = %e, "scheduled retention failed");
-                    }
+                    leased(&m, "retention", async {
+                        if let Err(e) = m.retention(&policies, false, &Quiet).await {
+                            tracing::error!(error = %e, "scheduled retention failed");
+                        }
+                    })
+                    .await
                 }
             },
         );
@@ -119,9 +139,12 @@ pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
         move || {
             let (m, scrub) = (maint.clone(), scrub.clone());
             async move {
-                if let Err(e) = m.scrub(&scrub, &Quiet).await {
-                    tracing::error!(error = %e, "scheduled scrub failed");
-                }
+                leased(&m, "scrub", async {
+                    if let Err(e) = m.scrub(&scrub, &Quiet).await {
+                        tracing::error!(error = %e, "scheduled scrub failed");
+                    }
+                })
+                .await
             }
         },
     );

@@ -3,6 +3,7 @@
 //! never composes multi-step writes that could interleave with another request.
 
 pub mod maint;
+pub mod postgres;
 pub mod sqlite;
 mod sqlite_maint;
 mod sqlite_ui;
@@ -272,6 +273,31 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_upload(&self, id: &str) -> Result<(), MetaError>;
     /// Ids of sessions started before `started_before` (unix seconds).
     async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError>;
+
+    /// Excludes other replicas sharing this store from changing `digest`'s bytes and row until the returned lock
+    /// is dropped (the registry's digest lock, `registry::DigestLocks`). `None`: the store has no replicas to
+    /// exclude (SQLite: one host, where the data directory's lock file excludes other processes).
+    async fn lock_digest(&self, _digest: &Digest) -> Result<Option<StoreLock>, MetaError> {
+        Ok(None)
+    }
+}
+
+/// A lock held in the metadata store for this process (a digest lock, a maintenance lease); released on drop.
+pub struct StoreLock {
+    /// Whatever releases the lock when dropped.
+    _held: Box<dyn Send + Sync>,
+}
+
+impl StoreLock {
+    pub fn new(held: Box<dyn Send + Sync>) -> StoreLock {
+        StoreLock { _held: held }
+    }
+}
+
+impl std::fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreLock")
+    }
 }
 
 /// Seconds since the Unix epoch.

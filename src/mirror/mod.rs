@@ -389,7 +389,14 @@ impl Mirrors {
             if head {
                 return Ok((MirrorBlob::Head { len }, "hit"));
             }
-            let dl = self.registry.open_blob(&repo, digest, range).await?;
+            let dl = match self.registry.open_blob(&repo, digest, range).await {
+                Ok(dl) => dl,
+                // Evicted between the look-up and the open (another task, or another replica): a miss after all.
+                Err(RegistryError::BlobUnknown(_)) => {
+                    return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
+                }
+                Err(e) => return Err(e),
+            };
             crate::metrics::metrics()
                 .mirror_cache_served_bytes
                 .get_or_create(&crate::metrics::MirrorName {

@@ -8,6 +8,10 @@
 //! same data directory — `berth gc` from the command line while the server runs is exactly as safe as the server's
 //! own scheduled run. OFD locks belong to the open file, not the process, and vanish when the holder dies, so a
 //! `kill -9` never leaves a digest locked.
+//!
+//! With a metadata store that several replicas share (PostgreSQL), a third layer: the store's own lock
+//! (`MetadataStore::lock_digest`, a session-level advisory lock), which excludes the other replicas, wherever they
+//! run. It too dies with its holder's connection.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::meta::{MetadataStore, StoreLock};
 use crate::oci::Digest;
 
 /// Bytes of the lock file digests are spread over; two digests share a stripe with probability 2^-20.
@@ -25,6 +30,7 @@ const STRIPES: u64 = 1 << 20;
 pub struct DigestLocks {
     held: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     file: Option<PathBuf>,
+    store: Option<Arc<dyn MetadataStore>>,
 }
 
 /// Held while a digest's bytes and row change together; released on drop.
@@ -34,14 +40,29 @@ pub struct DigestGuard<'a> {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// The open lock file whose stripe this guard holds; closing it releases the lock.
     _stripe: Option<std::fs::File>,
+    /// The metadata store's lock, excluding other replicas.
+    _store: Option<StoreLock>,
 }
 
 impl DigestLocks {
     /// Locks that also exclude other processes using the same `file`.
     pub fn shared_with_processes(file: PathBuf) -> DigestLocks {
+        DigestLocks::default().with_lock_file(file)
+    }
+
+    /// These locks, also excluding other processes using the same `file`.
+    pub fn with_lock_file(self, file: PathBuf) -> DigestLocks {
         DigestLocks {
-            held: Mutex::default(),
             file: Some(file),
+            ..self
+        }
+    }
+
+    /// These locks, also excluding other replicas through the metadata store's locks.
+    pub fn with_store(self, store: Arc<dyn MetadataStore>) -> DigestLocks {
+        DigestLocks {
+            store: Some(store),
+            ..self
         }
     }
 
@@ -52,11 +73,21 @@ impl DigestLocks {
             Some(path) => lock_stripe(path, digest).await,
             None => None,
         };
+        let store = match &self.store {
+            // As with the lock file, a failure keeps the local layers and is logged; the store being unreachable
+            // also fails the metadata writes this lock protects, so nothing is committed unprotected for long.
+            Some(store) => store.lock_digest(digest).await.unwrap_or_else(|e| {
+                tracing::error!(%digest, error = %e, "cannot take the cross-replica digest lock");
+                None
+            }),
+            None => None,
+        };
         DigestGuard {
             locks: self,
             digest: digest.clone(),
             guard: Some(guard),
             _stripe: stripe,
+            _store: store,
         }
     }
 }

@@ -100,7 +100,14 @@ impl Registry {
     /// Makes digest locks exclude other processes sharing `file` (the data directory's lock file), so command-line
     /// maintenance can run beside the server.
     pub fn with_lock_file(mut self, file: std::path::PathBuf) -> Registry {
-        self.digest_locks = DigestLocks::shared_with_processes(file);
+        self.digest_locks = self.digest_locks.with_lock_file(file);
+        self
+    }
+
+    /// Makes digest locks also exclude other replicas sharing the metadata store (PostgreSQL), through
+    /// `MetadataStore::lock_digest`.
+    pub fn with_store_locks(mut self) -> Registry {
+        self.digest_locks = self.digest_locks.with_store(self.meta.clone());
         self
     }
 

@@ -15,12 +15,17 @@ pub fn berth(args: &[&str]) -> Output {
 
 /// [`berth`] with extra environment variables (credentials are otherwise removed from its environment).
 pub fn berth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let data_dir = args
+        .iter()
+        .position(|a| *a == "--data-dir")
+        .and_then(|i| args.get(i + 1));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    if let Some(i) = args.iter().position(|a| *a == "--data-dir") {
-        crate::common::blob_env(&mut cmd, Path::new(args[i + 1]));
+    if let Some(d) = data_dir {
+        crate::common::blob_env(&mut cmd, Path::new(d));
     }
     let out = cmd
         .args(args)
+        .envs(data_dir.map_or_else(Vec::new, |d| crate::common::metadata_env(Path::new(d))))
         .env_remove("BERTH_USER")
         .env_remove("BERTH_PASSWORD")
         .envs(env.iter().copied())

@@ -50,6 +50,7 @@ pub fn cli(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .envs(crate::common::metadata_env(data_dir))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

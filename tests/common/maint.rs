@@ -46,7 +46,8 @@ pub fn run(args: &[&str], config: &Path, data_dir: &Path) -> Output {
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
-        .arg(data_dir);
+        .arg(data_dir)
+        .envs(crate::common::metadata_env(data_dir));
     crate::common::blob_env(&mut cmd, data_dir);
     cmd.output().expect("run berth")
 }
@@ -77,23 +78,37 @@ pub fn json(
     })
 }
 
+const DUMPED_TABLES: [&str; 7] = [
+    "repository",
+    "blob",
+    "repo_blob",
+    "manifest",
+    "manifest_ref",
+    "tag",
+    "blob_tombstone",
+];
+
 /// Every row of every content table, in a stable order: equal dumps mean nothing changed.
 pub fn db_dump(data_dir: &Path) -> String {
+    if crate::common::on_postgres() {
+        let mut out = String::new();
+        for table in DUMPED_TABLES {
+            for row in
+                crate::common::psql(data_dir, &format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                    .lines()
+            {
+                out.push_str(&format!("{table} {row}\n"));
+            }
+        }
+        return out;
+    }
     let conn = rusqlite::Connection::open_with_flags(
         data_dir.join("berth.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open db");
     let mut out = String::new();
-    for table in [
-        "repository",
-        "blob",
-        "repo_blob",
-        "manifest",
-        "manifest_ref",
-        "tag",
-        "blob_tombstone",
-    ] {
+    for table in DUMPED_TABLES {
         let mut stmt = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
             .expect("prepare");

@@ -16,6 +16,8 @@ pub struct Berth {
     pub child: Child,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The data directory whose metadata store this server uses (its own, except for replicas).
+    metadata_dir: PathBuf,
     /// Keeps the temporary data directory alive for the server's lifetime.
     _tmp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
@@ -25,6 +27,74 @@ pub struct Berth {
 
 /// The password of the `admin` user created on first start by the `start_secure*` constructors.
 pub const ADMIN_PASSWORD: &str = "admin-test-password";
+
+/// Which metadata store the suite runs against: `BERTH_TEST_METADATA=postgres` (with `BERTH_TEST_POSTGRES`, a
+/// server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`) runs every test on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("BERTH_TEST_METADATA").as_deref() == Ok("postgres")
+}
+
+/// Environment that points a `berth` process at the metadata store of `data_dir`: nothing for SQLite (`berth.db`
+/// inside it); for PostgreSQL, a database of its own named after the directory, created on first use, so every
+/// process on that directory (server, restarts, CLI commands) shares it and tests stay isolated from each other.
+pub fn metadata_env(data_dir: &Path) -> Vec<(String, String)> {
+    if !on_postgres() {
+        return Vec::new();
+    }
+    vec![
+        ("BERTH_METADATA".into(), "postgres".into()),
+        ("BERTH_POSTGRES_URL".into(), postgres_url(data_dir)),
+    ]
+}
+
+/// The PostgreSQL URL of `data_dir`'s test database, creating the database if needed.
+pub fn postgres_url(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let server = std::env::var("BERTH_TEST_POSTGRES")
+        .expect("BERTH_TEST_METADATA=postgres needs BERTH_TEST_POSTGRES=postgres://user@host:port");
+    let server = server.trim_end_matches('/');
+    let absolute = std::path::absolute(data_dir).expect("absolute data dir");
+    let hash = hex::encode(sha2::Sha256::digest(
+        absolute.as_os_str().as_encoded_bytes(),
+    ));
+    let db = format!("berth_test_{}", &hash[..20]);
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if !created.contains(&db) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(format!("{server}/postgres"))
+            .arg("-c")
+            // FILE_COPY: no WAL for the copied template, which would otherwise dominate the cluster's disk use.
+            .arg(format!("CREATE DATABASE {db} STRATEGY = FILE_COPY"))
+            .output()
+            .expect("run psql");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("already exists"),
+            "cannot create test database {db}: {err}"
+        );
+        created.push(db.clone());
+    }
+    format!("{server}/{db}")
+}
+
+/// Runs SQL with `psql` on `data_dir`'s PostgreSQL test database; returns the rows, `|`-separated, one a line.
+pub fn psql(data_dir: &Path, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(postgres_url(data_dir))
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// Asks the OS for a free loopback port.
 pub fn free_port() -> u16 {
@@ -67,7 +137,43 @@ impl Berth {
         Self::spawn(data_dir, extra, false)
     }
 
-    fn command(port: u16, data_dir: &Path, extra: &[&str], open_access: bool) -> Command {
+    /// PostgreSQL only: starts a second replica of `of` on `data_dir`, sharing `of`'s database and, through
+    /// symbolic links, its blob store (`blobs/`, `uploads/`): the scale-out shape on one machine, where a shared
+    /// object store would hold the blobs. Each replica keeps its own `tmp/` (a starting replica clears its staging
+    /// files) and `berth.lock`.
+    pub fn start_replica(data_dir: &Path, of: &Berth, extra: &[&str]) -> Berth {
+        std::fs::create_dir_all(data_dir).expect("create replica data dir");
+        // On the object store the replicas share one bucket (the links below then only cover uploads' spools).
+        share_bucket(data_dir, &of.data_dir);
+        for sub in ["blobs", "uploads"] {
+            let shared = of.data_dir.join(sub);
+            std::fs::create_dir_all(&shared).expect("create shared dir");
+            std::os::unix::fs::symlink(&shared, data_dir.join(sub)).expect("link shared dir");
+        }
+        let port = free_port();
+        let child = Self::command(port, data_dir, &of.metadata_dir, extra, true)
+            .spawn()
+            .expect("spawn berth replica");
+        let b = Berth {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            metadata_dir: of.metadata_dir.clone(),
+            _tmp: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            open_access: true,
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn command(
+        port: u16,
+        data_dir: &Path,
+        metadata_dir: &Path,
+        extra: &[&str],
+        open_access: bool,
+    ) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.arg("serve")
             .arg("--listen")
@@ -80,6 +186,7 @@ impl Berth {
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .envs(metadata_env(metadata_dir))
             .stdin(Stdio::null());
         blob_env(&mut c, data_dir);
         if open_access {
@@ -92,13 +199,14 @@ impl Berth {
 
     fn spawn(data_dir: &Path, extra: &[&str], open_access: bool) -> Berth {
         let port = free_port();
-        let child = Self::command(port, data_dir, extra, open_access)
+        let child = Self::command(port, data_dir, data_dir, extra, open_access)
             .spawn()
             .expect("spawn berth");
         let b = Berth {
             child,
             port,
             data_dir: data_dir.to_path_buf(),
+            metadata_dir: data_dir.to_path_buf(),
             _tmp: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             open_access,
@@ -138,9 +246,15 @@ impl Berth {
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra_args.iter().map(|s| s.as_str()).collect();
-        let child = Self::command(self.port, &self.data_dir, &extra, self.open_access)
-            .spawn()
-            .expect("respawn berth");
+        let child = Self::command(
+            self.port,
+            &self.data_dir,
+            &self.metadata_dir,
+            &extra,
+            self.open_access,
+        )
+        .spawn()
+        .expect("respawn berth");
         self.child = child;
         self.wait_ready();
     }
@@ -155,7 +269,25 @@ impl Drop for Berth {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A server that owns its temporary data directory owns its test database too: drop it with the directory.
+        if self._tmp.is_some() && on_postgres() {
+            drop_database(&self.data_dir);
+        }
     }
+}
+
+/// Drops `data_dir`'s PostgreSQL test database (best effort: a leftover only costs disk in a throwaway cluster).
+pub fn drop_database(data_dir: &Path) {
+    let url = postgres_url(data_dir);
+    let Some((server, db)) = url.rsplit_once('/') else {
+        return;
+    };
+    let _ = Command::new("psql")
+        .args(["-X", "-q", "-d"])
+        .arg(format!("{server}/postgres"))
+        .arg("-c")
+        .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .output();
 }
 
 /// `sha256:<hex>` of `data`.
