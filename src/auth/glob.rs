@@ -63,26 +63,67 @@ impl RepoGlob {
     }
 }
 
-/// Iterative matcher with backtracking to the last star; patterns and names are short, so the worst case stays
-/// small (and patterns are bounded in length at parse time).
+/// One element of a compiled glob.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `?`: one byte other than `/`.
+    One,
+    /// `*`: any run without `/`.
+    Star,
+    /// `**`: any run.
+    Any,
+}
+
+/// Matches by simulating the glob as an automaton over the set of pattern positions reachable so far: time is
+/// O(pattern × name) whatever the stars, so no scope or policy a user writes can make a request expensive.
 fn glob_match(p: &[u8], n: &[u8]) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some(b'*') if p.get(1) == Some(&b'*') => {
-                let rest = &p[2..];
-                (0..=n.len()).any(|i| go(rest, &n[i..]))
+    let mut tokens = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        tokens.push(match p[i] {
+            b'*' if p.get(i + 1) == Some(&b'*') => {
+                i += 1;
+                Token::Any
             }
-            Some(b'*') => {
-                let rest = &p[1..];
-                let limit = n.iter().position(|&b| b == b'/').unwrap_or(n.len());
-                (0..=limit).any(|i| go(rest, &n[i..]))
-            }
-            Some(b'?') => n.first().is_some_and(|&b| b != b'/') && go(&p[1..], &n[1..]),
-            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
-        }
+            b'*' => Token::Star,
+            b'?' => Token::One,
+            c => Token::Byte(c),
+        });
+        i += 1;
     }
-    go(p, n)
+    // A star may match nothing: whoever reaches it also reaches the position after it.
+    let close = |set: &mut Vec<bool>| {
+        for k in 0..tokens.len() {
+            if set[k] && matches!(tokens[k], Token::Star | Token::Any) {
+                set[k + 1] = true;
+            }
+        }
+    };
+    let mut set = vec![false; tokens.len() + 1];
+    set[0] = true;
+    close(&mut set);
+    for &b in n {
+        let mut next = vec![false; tokens.len() + 1];
+        for (k, t) in tokens.iter().enumerate() {
+            if !set[k] {
+                continue;
+            }
+            match *t {
+                Token::Byte(c) if c == b => next[k + 1] = true,
+                Token::One if b != b'/' => next[k + 1] = true,
+                Token::Star if b != b'/' => next[k] = true,
+                Token::Any => next[k] = true,
+                _ => {}
+            }
+        }
+        close(&mut next);
+        if !next.contains(&true) {
+            return false;
+        }
+        set = next;
+    }
+    set[tokens.len()]
 }
 
 #[cfg(test)]
@@ -91,6 +132,15 @@ mod tests {
 
     fn m(p: &str, n: &str) -> bool {
         p.parse::<RepoGlob>().unwrap().matches(n, RepoKind::Private)
+    }
+
+    /// Many stars against a long name that almost matches: answered at once, not by exponential backtracking.
+    #[test]
+    fn pathological_patterns_stay_linear() {
+        let p = format!("{}b", "**a".repeat(100));
+        let name = "a".repeat(400);
+        assert!(!m(&p, &name));
+        assert!(m(&p, &format!("{name}b")));
     }
 
     #[test]
