@@ -47,36 +47,71 @@ pub fn metadata_env(data_dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// The PostgreSQL URL of `data_dir`'s test database, creating the database if needed.
-pub fn postgres_url(data_dir: &Path) -> String {
+/// Test databases this process created and has not dropped, by name.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// `(server URL, database name)` of `data_dir`'s test database.
+fn test_database(data_dir: &Path) -> (String, String) {
     use sha2::Digest as _;
-    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let server = std::env::var("BERTH_TEST_POSTGRES")
         .expect("BERTH_TEST_METADATA=postgres needs BERTH_TEST_POSTGRES=postgres://user@host:port");
-    let server = server.trim_end_matches('/');
     let absolute = std::path::absolute(data_dir).expect("absolute data dir");
     let hash = hex::encode(sha2::Sha256::digest(
         absolute.as_os_str().as_encoded_bytes(),
     ));
-    let db = format!("berth_test_{}", &hash[..20]);
+    (
+        server.trim_end_matches('/').to_string(),
+        format!("berth_test_{}", &hash[..20]),
+    )
+}
+
+/// Runs one statement on the server's `postgres` database; returns stdout, or stderr on failure.
+fn psql_admin(server: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(format!("{server}/postgres"))
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The PostgreSQL URL of `data_dir`'s test database, creating the database if needed.
+pub fn postgres_url(data_dir: &Path) -> String {
+    let (server, db) = test_database(data_dir);
     let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
     if !created.contains(&db) {
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(format!("{server}/postgres"))
-            .arg("-c")
-            // FILE_COPY: no WAL for the copied template, which would otherwise dominate the cluster's disk use.
-            .arg(format!("CREATE DATABASE {db} STRATEGY = FILE_COPY"))
-            .output()
-            .expect("run psql");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || err.contains("already exists"),
-            "cannot create test database {db}: {err}"
-        );
+        // FILE_COPY: no WAL for the copied template, which would otherwise dominate the cluster's disk use.
+        if let Err(err) = psql_admin(
+            &server,
+            &format!("CREATE DATABASE {db} STRATEGY = FILE_COPY"),
+        ) {
+            assert!(
+                err.contains("already exists"),
+                "cannot create test database {db}: {err}"
+            );
+        }
         created.push(db.clone());
     }
     format!("{server}/{db}")
+}
+
+/// Whether `data_dir`'s test database exists, for failure messages.
+fn database_state(data_dir: &Path) -> String {
+    let (server, db) = test_database(data_dir);
+    match psql_admin(
+        &server,
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    ) {
+        Ok(n) if n.trim() == "1" => format!("test database {db} exists"),
+        Ok(_) => format!("test database {db} does not exist"),
+        Err(e) => format!("cannot query the test database {db}: {e}"),
+    }
 }
 
 /// Runs SQL with `psql` on `data_dir`'s PostgreSQL test database; returns the rows, `|`-separated, one a line.
@@ -154,7 +189,7 @@ impl Berth {
         let child = Self::command(port, data_dir, &of.metadata_dir, extra, true)
             .spawn()
             .expect("spawn berth replica");
-        let b = Berth {
+        let mut b = Berth {
             child,
             port,
             data_dir: data_dir.to_path_buf(),
@@ -202,7 +237,7 @@ impl Berth {
         let child = Self::command(port, data_dir, data_dir, extra, open_access)
             .spawn()
             .expect("spawn berth");
-        let b = Berth {
+        let mut b = Berth {
             child,
             port,
             data_dir: data_dir.to_path_buf(),
@@ -211,19 +246,56 @@ impl Berth {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             open_access,
         };
-        b.wait_ready();
+        if let Err(e) = b.try_wait_ready() {
+            // CI once saw a fresh test database missing right after its creation; say so loudly, create it
+            // again and start once more, so the run reports on berth rather than on the test cluster.
+            if !(on_postgres() && e.contains("does not exist")) {
+                panic!("{e}");
+            }
+            eprintln!("warning: {e}; creating it again and restarting");
+            CREATED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|d| *d != test_database(data_dir).1);
+            b.child = Self::command(port, data_dir, data_dir, extra, open_access)
+                .spawn()
+                .expect("spawn berth");
+            b.wait_ready();
+        }
         b
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the server accepts connections; panics when it exits or does not listen within 30 s.
+    fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the server accepts connections; fails at once, with its exit status, when it exits instead.
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let db = if on_postgres() {
+                    format!("; {}", database_state(&self.metadata_dir))
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "berth on port {} exited before listening ({status}){db}",
+                    self.port
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("berth did not start listening on port {}", self.port);
+        Err(format!(
+            "berth did not start listening on port {}",
+            self.port
+        ))
     }
 
     /// `http://127.0.0.1:PORT`
@@ -278,16 +350,13 @@ impl Drop for Berth {
 
 /// Drops `data_dir`'s PostgreSQL test database (best effort: a leftover only costs disk in a throwaway cluster).
 pub fn drop_database(data_dir: &Path) {
-    let url = postgres_url(data_dir);
-    let Some((server, db)) = url.rsplit_once('/') else {
-        return;
-    };
-    let _ = Command::new("psql")
-        .args(["-X", "-q", "-d"])
-        .arg(format!("{server}/postgres"))
-        .arg("-c")
-        .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .output();
+    let (server, db) = test_database(data_dir);
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    created.retain(|d| *d != db);
+    let _ = psql_admin(
+        &server,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
 }
 
 /// `sha256:<hex>` of `data`.
