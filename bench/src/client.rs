@@ -7,6 +7,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result, bail};
@@ -66,10 +68,12 @@ impl ReqBody {
     }
 }
 
-/// Where a registry (or ceiling server) listens: `host:port`, plain HTTP.
+/// Where a registry (or ceiling server) listens: `host:port`, plain HTTP; or several replicas of one registry, which
+/// new connections take in turn, as behind a layer-4 load balancer (a connection stays with its replica).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    authority: String,
+    authorities: Arc<[String]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -91,29 +95,59 @@ impl Endpoint {
             Some(_) => authority.as_str().to_string(),
             None => format!("{}:80", authority.host()),
         };
-        Ok(Endpoint { authority })
+        Ok(Endpoint::of(vec![authority]))
     }
 
     pub fn from_port(port: u16) -> Endpoint {
+        Endpoint::round_robin(&[port])
+    }
+
+    /// Replicas on these loopback ports, one connection after the other.
+    pub fn round_robin(ports: &[u16]) -> Endpoint {
+        Endpoint::of(ports.iter().map(|p| format!("127.0.0.1:{p}")).collect())
+    }
+
+    fn of(authorities: Vec<String>) -> Endpoint {
         Endpoint {
-            authority: format!("127.0.0.1:{port}"),
+            authorities: authorities.into(),
+            next: Arc::new(AtomicUsize::new(0)),
         }
     }
 
+    /// `http://host:port` of the first replica; all of them, comma-separated, with [`Endpoint::describe`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.authority)
+        format!("http://{}", self.authority())
     }
 
-    /// `host:port`.
+    /// Every replica's URL, for reports.
+    pub fn describe(&self) -> String {
+        self.authorities
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `host:port` (of the first replica).
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.authorities[0]
     }
 
-    /// Opens one keep-alive connection.
+    /// The port of the first replica.
+    pub fn port(&self) -> u16 {
+        self.authority()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(80)
+    }
+
+    /// Opens one keep-alive connection, to the next replica in turn.
     pub async fn connect(&self) -> Result<Conn> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.authorities.len();
+        let authority = self.authorities[i].clone();
         Ok(Conn {
-            sender: open(&self.authority).await?,
-            ep: self.clone(),
+            sender: open(&authority).await?,
+            authority,
         })
     }
 }
@@ -136,7 +170,8 @@ async fn open(authority: &str) -> Result<SendRequest<ReqBody>> {
 /// One HTTP/1.1 connection that transparently reconnects if the server
 /// closed it between requests (never in the middle of one).
 pub struct Conn {
-    ep: Endpoint,
+    /// The replica this connection (and any reconnection) goes to.
+    authority: String,
     sender: SendRequest<ReqBody>,
 }
 
@@ -146,12 +181,12 @@ impl Conn {
         Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, &self.ep.authority)
+            .header(HOST, &self.authority)
     }
 
     pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>> {
         if self.sender.is_closed() || self.sender.ready().await.is_err() {
-            self.sender = open(&self.ep.authority).await?;
+            self.sender = open(&self.authority).await?;
             self.sender
                 .ready()
                 .await
@@ -161,7 +196,7 @@ impl Conn {
         self.sender
             .send_request(req)
             .await
-            .with_context(|| format!("{what} against {}", self.ep.authority))
+            .with_context(|| format!("{what} against {}", self.authority))
     }
 
     /// Sends `req`, reads the whole response body and checks the status.
@@ -174,7 +209,7 @@ impl Conn {
         let resp = self.send(req).await?;
         read_expect(resp, want)
             .await
-            .with_context(|| format!("{what} against {}", self.ep.authority))
+            .with_context(|| format!("{what} against {}", self.authority))
     }
 }
 
@@ -241,11 +276,13 @@ mod tests {
     #[test]
     fn parse_endpoint() {
         assert_eq!(
-            Endpoint::parse("http://127.0.0.1:5000").unwrap().authority,
+            Endpoint::parse("http://127.0.0.1:5000")
+                .unwrap()
+                .authority(),
             "127.0.0.1:5000"
         );
         assert_eq!(
-            Endpoint::parse("http://localhost/").unwrap().authority,
+            Endpoint::parse("http://localhost/").unwrap().authority(),
             "localhost:80"
         );
         assert!(Endpoint::parse("https://x:1").is_err());

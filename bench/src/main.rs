@@ -10,6 +10,7 @@ mod meter;
 mod mirror;
 mod registry;
 mod report;
+mod scaleout;
 mod servers;
 mod workloads;
 
@@ -43,6 +44,9 @@ enum Command {
     Run(RunArgs),
     /// Start berth and CNCF distribution locally and run the workloads on both.
     Compare(CompareArgs),
+    /// The scale-out shape: berth on one node, berth on PostgreSQL + S3 with one and with two replicas, and CNCF
+    /// distribution with its S3 driver on the same S3 server.
+    ScaleOut(ScaleOutArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +106,25 @@ struct CompareArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct ScaleOutArgs {
+    /// berth binary (default: target/release/berth in the workspace).
+    #[arg(long)]
+    berth: Option<PathBuf>,
+    /// CNCF distribution binary (Debian package docker-registry).
+    #[arg(long, default_value = "/usr/bin/docker-registry")]
+    distribution: PathBuf,
+    /// PostgreSQL server URL without a database, e.g. postgres://postgres@127.0.0.1:5432; the bench creates a
+    /// database per target and drops it at the end (needs `psql`).
+    #[arg(long, value_name = "URL")]
+    postgres: String,
+    /// S3-compatible server, plain HTTP, path-style, taking any credentials (e.g. moto): http://127.0.0.1:PORT.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: String,
+    #[command(flatten)]
+    common: Common,
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -157,7 +180,7 @@ async fn run(cli: Cli) -> Result<()> {
                 version: None,
                 mirror: mirror_env
                     .as_ref()
-                    .map(|env| env.target(endpoint.clone(), &args.mirror_prefix, meter)),
+                    .map(|env| env.target(endpoint.clone(), &args.mirror_prefix, meter.clone())),
                 endpoint,
                 meter,
             };
@@ -189,6 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
             emit(&report, args.common.json.as_deref())?;
             fail_on_errors(&report)
         }
+        Command::ScaleOut(args) => scale_out(args, run_id).await,
         Command::Compare(args) => {
             let params = Params::new(args.common.quick, run_id);
             let workloads = selected(&args.common, |_| true);
@@ -229,7 +253,9 @@ async fn run(cli: Cli) -> Result<()> {
                 mirrors.push(
                     servers::start_distribution_with(
                         &args.distribution,
-                        &scratch.subdir("distribution-proxy-data")?,
+                        &servers::DistributionStorage::Filesystem(
+                            &scratch.subdir("distribution-proxy-data")?,
+                        ),
                         &logs,
                         "distribution-proxy",
                         Some(&upstream),
@@ -292,6 +318,59 @@ async fn run(cli: Cli) -> Result<()> {
             fail_on_errors(&report)
         }
     }
+}
+
+async fn scale_out(args: ScaleOutArgs, run_id: u64) -> Result<()> {
+    let params = Params::new(args.common.quick, run_id);
+    let workloads = selected(&args.common, |w| w != Workload::Mirror);
+    if workloads.contains(&Workload::Mirror) {
+        anyhow::bail!("the mirror workload is not part of scale-out (use compare)");
+    }
+    // Declared first so it is dropped last, after the servers using it are dead.
+    let scratch = TempDir::new("berth-bench")?;
+    let logs = scratch.subdir("logs")?;
+    let env = scaleout::ScaleOutEnv::start(
+        &args.berth.unwrap_or_else(default_berth_path),
+        &args.distribution,
+        &args.postgres,
+        &args.s3_endpoint,
+        &scratch,
+        &logs,
+        run_id,
+    )
+    .await?;
+    let targets = env.targets();
+    let report = bench(
+        "scale-out",
+        &targets,
+        &params,
+        &args.common,
+        &workloads,
+        scratch.path(),
+        &scratch,
+    )
+    .await
+    .map(|mut r| {
+        r.comparisons = scaleout::ScaleOutEnv::comparisons();
+        r
+    });
+    if report
+        .as_ref()
+        .map_or(true, |r| r.targets.iter().any(|t| !t.errors.is_empty()))
+    {
+        for server in env.servers() {
+            eprintln!(
+                "--- last log lines of {} ---\n{}",
+                server.name,
+                server.log_tail()
+            );
+        }
+    }
+    drop(targets);
+    drop(env);
+    let report = report?;
+    emit(&report, args.common.json.as_deref())?;
+    fail_on_errors(&report)
 }
 
 /// The workloads asked for with --workloads, or else those of `Workload::ALL`
@@ -365,7 +444,7 @@ async fn bench(
         .iter()
         .map(|t| TargetResults {
             name: t.name.clone(),
-            url: t.endpoint.url(),
+            url: t.endpoint.describe(),
             version: t.version.clone(),
             ..Default::default()
         })
@@ -405,20 +484,18 @@ async fn bench(
             busy * 100.0
         ));
     }
-    notes.push(format!(
-        "MB/s = 10^6 bytes/s; ratios are {}; for ms rows lower is better",
-        if targets.len() == 2 {
-            format!("{}/{}", targets[0].name, targets[1].name)
-        } else {
-            "value/ceiling".to_string()
-        }
-    ));
+    notes.push(
+        "MB/s = 10^6 bytes/s; ratio columns divide the targets their headers name (a/b), and the last one the \
+         first target by the ceiling; for ms rows lower is better"
+            .to_string(),
+    );
     Ok(Report {
         mode,
         quick: params.quick,
         machine: machine_description(),
         targets: results,
         ceilings,
+        comparisons: Report::pairwise(targets.len()),
         notes,
     })
 }

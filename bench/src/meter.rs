@@ -18,29 +18,40 @@ pub struct Usage {
     pub peak_rss_bytes: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// Meters one server process, or the sum over the replicas of one registry.
+#[derive(Clone, Debug)]
 pub struct ProcMeter {
-    pid: u32,
+    pids: Vec<u32>,
     ticks_per_second: f64,
 }
 
 impl ProcMeter {
     pub fn new(pid: u32) -> ProcMeter {
+        ProcMeter::group(vec![pid])
+    }
+
+    /// CPU and RSS summed over `pids` (replicas: RSS peaks are summed per process, an upper bound of the joint peak).
+    pub fn group(pids: Vec<u32>) -> ProcMeter {
         // SAFETY: sysconf has no preconditions; it only reads a configuration value.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         ProcMeter {
-            pid,
+            pids,
             ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
         }
     }
 
+    /// The first (or only) process.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pids[0]
     }
 
-    /// User + system CPU time the process has used since it started.
+    /// User + system CPU time the processes have used since they started.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid);
+        self.pids.iter().map(|&p| self.cpu_seconds_of(p)).sum()
+    }
+
+    fn cpu_seconds_of(&self, pid: u32) -> Result<f64> {
+        let path = format!("/proc/{pid}/stat");
         let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         // The command name is in parentheses and may contain spaces: parse after the last ')'.
         let rest = stat
@@ -59,9 +70,18 @@ impl ProcMeter {
         Ok((field(11)? + field(12)?) / self.ticks_per_second)
     }
 
-    /// (VmRSS, VmHWM) in bytes.
+    /// (VmRSS, VmHWM) in bytes, summed over the processes.
     pub fn rss(&self) -> Result<(u64, u64)> {
-        let path = format!("/proc/{}/status", self.pid);
+        let mut sum = (0, 0);
+        for &pid in &self.pids {
+            let (rss, hwm) = Self::rss_of(pid)?;
+            sum = (sum.0 + rss, sum.1 + hwm);
+        }
+        Ok(sum)
+    }
+
+    fn rss_of(pid: u32) -> Result<(u64, u64)> {
+        let path = format!("/proc/{pid}/status");
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         let kib = |key: &str| -> u64 {
             status
@@ -76,10 +96,13 @@ impl ProcMeter {
 
     /// Starts measuring a phase: resets the RSS high-water mark and starts the sampler.
     pub fn begin(&self) -> Result<Span> {
-        let hwm_reset = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").is_ok();
+        let hwm_reset = self
+            .pids
+            .iter()
+            .all(|pid| std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok());
         let cpu_start = self.cpu_seconds()?;
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let meter = *self;
+        let meter = self.clone();
         let sampler = tokio::spawn(async move {
             let mut peak = meter.rss().map(|(rss, _)| rss).unwrap_or(0);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -96,7 +119,7 @@ impl ProcMeter {
             peak
         });
         Ok(Span {
-            meter: *self,
+            meter: self.clone(),
             cpu_start,
             hwm_reset,
             stop,

@@ -279,7 +279,7 @@ impl MirrorEnv {
     ) -> Result<MirrorEnv> {
         let upstream = servers::start_distribution_with(
             bin,
-            &scratch.subdir("upstream-data")?,
+            &servers::DistributionStorage::Filesystem(&scratch.subdir("upstream-data")?),
             log_dir,
             "upstream",
             None,

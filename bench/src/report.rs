@@ -85,18 +85,45 @@ pub struct Report {
     pub machine: String,
     pub targets: Vec<TargetResults>,
     pub ceilings: Vec<Ceiling>,
+    /// Ratio columns, as `(a, b)` indices into `targets` for "a/b"; [`Report::pairwise`] for two targets.
+    pub comparisons: Vec<(usize, usize)>,
     pub notes: Vec<String>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl Report {
-    /// The tables printed on stdout. With two targets the first is compared
-    /// to the second (berth/distribution); the first is also held against the ceilings.
+    /// The ratio columns of a run on `targets` registries: the first against the second when there are two.
+    pub fn pairwise(targets: usize) -> Vec<(usize, usize)> {
+        if targets == 2 {
+            vec![(0, 1)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The tables printed on stdout: every target, a ratio column per comparison (berth/distribution in
+    /// `compare`), and the first target held against the ceilings.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let names: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
-        let pair = self.targets.len() == 2;
+        let comparisons: Vec<(usize, usize)> = self
+            .comparisons
+            .iter()
+            .copied()
+            .filter(|&(a, b)| a < names.len() && b < names.len())
+            .collect();
+        let ratio_headers = || {
+            comparisons
+                .iter()
+                .map(|&(a, b)| format!("{}/{}", names[a], names[b]))
+        };
+        let ratios = |values: &[Option<f64>]| {
+            comparisons
+                .iter()
+                .map(|&(a, b)| ratio(values[a], values[b]))
+                .collect::<Vec<_>>()
+        };
         let _ = writeln!(out, "machine: {}", self.machine);
         for t in &self.targets {
             let version = t.version.as_deref().unwrap_or("version unknown");
@@ -121,9 +148,7 @@ impl Report {
 
         let mut header = vec!["workload".to_string(), "metric".to_string()];
         header.extend(names.iter().map(|n| n.to_string()));
-        if pair {
-            header.push(format!("{}/{}", names[0], names[1]));
-        }
+        header.extend(ratio_headers());
         header.push("ceiling".to_string());
         if let Some(first) = names.first() {
             header.push(format!("{first}/ceiling"));
@@ -144,9 +169,7 @@ impl Report {
             last_workload = workload.clone();
             let mut row = vec![shown, metric.to_string()];
             row.extend(values.iter().map(|v| fmt_opt(*v)));
-            if pair {
-                row.push(ratio(values[0], values[1]));
-            }
+            row.extend(ratios(&values));
             let ceiling = ceiling_key
                 .as_ref()
                 .and_then(|k| self.ceilings.iter().find(|c| &c.key == k));
@@ -168,15 +191,11 @@ impl Report {
             for n in &names {
                 header.push(format!("{n} CPU s"));
             }
-            if pair {
-                header.push("ratio".into());
-            }
+            header.extend(ratio_headers());
             for n in &names {
                 header.push(format!("{n} RSS MiB"));
             }
-            if pair {
-                header.push("ratio".into());
-            }
+            header.extend(ratio_headers());
             let mut table = Table::new(header, 1);
             let mut workloads: Vec<&str> = Vec::new();
             for t in &self.targets {
@@ -204,13 +223,9 @@ impl Report {
                     .collect();
                 let mut row = vec![w];
                 row.extend(cpu.iter().map(|v| fmt_opt(*v)));
-                if pair {
-                    row.push(ratio(cpu[0], cpu[1]));
-                }
+                row.extend(ratios(&cpu));
                 row.extend(rss.iter().map(|v| fmt_opt(*v)));
-                if pair {
-                    row.push(ratio(rss[0], rss[1]));
-                }
+                row.extend(ratios(&rss));
                 table.row(row);
             }
             let _ = writeln!(out, "{}", table.render());
@@ -277,6 +292,10 @@ impl Report {
             })).collect::<Vec<_>>(),
             "ceilings": self.ceilings.iter().map(|c| json!({
                 "key": c.key, "label": c.label, "unit": c.unit, "value": c.value,
+            })).collect::<Vec<_>>(),
+            "comparisons": self.comparisons.iter().map(|&(a, b)| json!({
+                "numerator": self.targets.get(a).map(|t| &t.name),
+                "denominator": self.targets.get(b).map(|t| &t.name),
             })).collect::<Vec<_>>(),
             "notes": self.notes,
         })
@@ -421,6 +440,7 @@ mod tests {
                 unit: "MB/s",
                 value: 400.0,
             }],
+            comparisons: Report::pairwise(2),
             notes: vec![],
         };
         let text = report.render();

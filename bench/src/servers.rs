@@ -183,7 +183,7 @@ impl Drop for ServerProcess {
 
 /// Starts berth: `BERTH serve --listen 127.0.0.1:PORT --data-dir DIR`.
 pub async fn start_berth(bin: &Path, data_dir: &Path, log_dir: &Path) -> Result<ServerProcess> {
-    start_berth_with(bin, data_dir, log_dir, "berth", &[]).await
+    start_berth_with(bin, data_dir, log_dir, "berth", &[], &[]).await
 }
 
 /// Starts berth as a pull-through mirror of `upstream` under the path prefix
@@ -202,16 +202,19 @@ pub async fn start_berth_mirror(
         log_dir,
         "berth-mirror",
         &["--mirror".to_string(), flag],
+        &[],
     )
     .await
 }
 
-async fn start_berth_with(
+/// Starts berth with extra `serve` arguments and environment (e.g. `BERTH_METADATA`), logging to `LOG_NAME.log`.
+pub async fn start_berth_with(
     bin: &Path,
     data_dir: &Path,
     log_dir: &Path,
     log_name: &str,
     extra: &[String],
+    env: &[(String, String)],
 ) -> Result<ServerProcess> {
     if !bin.exists() {
         bail!(
@@ -228,7 +231,8 @@ async fn start_berth_with(
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
-        .args(extra);
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let mut server = ServerProcess::spawn(
         log_name,
         cmd,
@@ -239,11 +243,34 @@ async fn start_berth_with(
     Ok(server)
 }
 
-/// YAML config for CNCF distribution: filesystem storage, deletes enabled,
-/// errors-only logging, no access log, and the in-memory blob descriptor cache
-/// that upstream's shipped config enables. With `proxy`, distribution runs as a
-/// pull-through cache of that registry (`proxy: remoteurl:`).
-pub fn distribution_config(root: &Path, port: u16, proxy: Option<&str>) -> String {
+/// Where CNCF distribution keeps its data.
+pub enum DistributionStorage<'a> {
+    /// Its `filesystem` driver under this directory.
+    Filesystem(&'a Path),
+    /// Its `s3` driver on an S3-compatible server (path-style requests to `endpoint`, any credentials).
+    S3 { endpoint: &'a str, bucket: &'a str },
+}
+
+/// YAML config for CNCF distribution: deletes enabled, errors-only logging, no
+/// access log, and the in-memory blob descriptor cache that upstream's shipped
+/// config enables. With `proxy`, distribution runs as a pull-through cache of
+/// that registry (`proxy: remoteurl:`).
+pub fn distribution_config(
+    storage: &DistributionStorage,
+    port: u16,
+    proxy: Option<&str>,
+) -> String {
+    let driver = match storage {
+        DistributionStorage::Filesystem(root) => {
+            format!("  filesystem:\n    rootdirectory: {}\n", root.display())
+        }
+        // A region endpoint makes the driver use path-style requests; `secure: false` allows plain HTTP.
+        DistributionStorage::S3 { endpoint, bucket } => format!(
+            "  s3:\n    accesskey: berth-bench\n    secretkey: berth-bench\n    region: us-east-1\n    \
+             regionendpoint: {endpoint}\n    bucket: {bucket}\n    secure: false\n    v4auth: true\n    \
+             rootdirectory: /registry\n"
+        ),
+    };
     let mut config = format!(
         "version: 0.1
 log:
@@ -251,16 +278,13 @@ log:
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: {}
-  delete:
+{driver}  delete:
     enabled: true
   cache:
     blobdescriptor: inmemory
 http:
   addr: 127.0.0.1:{port}
-",
-        root.display()
+"
     );
     if let Some(url) = proxy {
         config.push_str(&format!("proxy:\n  remoteurl: {url}\n"));
@@ -274,14 +298,21 @@ pub async fn start_distribution(
     data_dir: &Path,
     log_dir: &Path,
 ) -> Result<ServerProcess> {
-    start_distribution_with(bin, data_dir, log_dir, "distribution", None).await
+    start_distribution_with(
+        bin,
+        &DistributionStorage::Filesystem(data_dir),
+        log_dir,
+        "distribution",
+        None,
+    )
+    .await
 }
 
 /// Starts CNCF distribution with its config and log named after `log_name`,
 /// optionally in proxy mode (a pull-through cache of `proxy`).
 pub async fn start_distribution_with(
     bin: &Path,
-    data_dir: &Path,
+    storage: &DistributionStorage<'_>,
     log_dir: &Path,
     log_name: &str,
     proxy: Option<&str>,
@@ -294,10 +325,15 @@ pub async fn start_distribution_with(
     }
     let port = free_port()?;
     let config = log_dir.join(format!("{log_name}.yml"));
-    std::fs::write(&config, distribution_config(data_dir, port, proxy))
+    std::fs::write(&config, distribution_config(storage, port, proxy))
         .with_context(|| format!("writing {}", config.display()))?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve").arg(&config);
+    if let DistributionStorage::S3 { .. } = storage {
+        // distribution's AWS SDK aborts at start when AWS_CA_BUNDLE is set (it cannot add a bundle to its own
+        // HTTP transport); the S3 server here is plain HTTP, so no bundle is needed.
+        cmd.env_remove("AWS_CA_BUNDLE");
+    }
     let mut server = ServerProcess::spawn(
         log_name,
         cmd,
