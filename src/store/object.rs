@@ -2,12 +2,14 @@
 //! `object_store` crate, for the scale-out shape where several replicas share one bucket.
 //!
 //! Keys under the configured prefix:
-//! - `blobs/<alg>/<hex>`: published blobs, created only with a conditional create (put-if-absent), so replicas
-//!   committing the same digest never overwrite each other and a reader never sees a partial object.
+//! - `blobs/<alg>/<hex>`: published blobs. A single staged chunk is copied server-side with a conditional create
+//!   (put-if-absent); several chunks, or one too big for a single server-side copy, are streamed into the key with
+//!   a multipart upload, which is invisible until complete, after checking the key is absent. Either way a reader
+//!   never sees a partial object, and publishing runs under the digest lock that excludes the other replicas
+//!   (`registry::digest_locks`), so two replicas never write one digest at once.
 //! - `uploads/<id>/<offset>`: one staged object per appended chunk (a PATCH), 20-digit zero-padded start offset.
 //!   Each appears atomically once its chunk was received whole (a single PUT, or a multipart upload completed at
 //!   the end of the chunk), so the shared state of a session is in the bucket and any replica can continue it.
-//! - `uploads/<id>/assembled`: a session of several chunks concatenated just before publishing.
 //!
 //! Nothing is buffered whole: a chunk is streamed into a multipart upload whose parts are [`PART_SIZE`] bytes (at
 //! most one part being filled and one in flight per chunk), and reads stream from the object store.
@@ -41,13 +43,15 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// no session row) for an orphan of a crash.
 const ORPHAN_MIN_AGE_SECS: i64 = 3600;
 
-/// Name of the object a multi-chunk session is concatenated into before publishing.
-const ASSEMBLED: &str = "assembled";
+/// The largest object S3 copies in one request (CopyObject, and UploadPartCopy per part): 5 GiB.
+const MAX_COPY_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
     /// Local directory for the spool files `tail_upload` readers follow.
     spool: PathBuf,
+    /// A staged chunk larger than this is streamed into place rather than copied server-side.
+    max_copy_size: u64,
 }
 
 fn backend_error(e: object_store::Error) -> StoreError {
@@ -152,6 +156,7 @@ impl ObjectBlobStore {
         Ok(ObjectBlobStore {
             store,
             spool: spool.to_path_buf(),
+            max_copy_size: MAX_COPY_SIZE,
         })
     }
 
@@ -432,25 +437,27 @@ impl BlobStore for ObjectBlobStore {
     async fn publish_upload(&self, id: &str, digest: &Digest) -> Result<(), StoreError> {
         let dst = Self::blob_key(digest);
         let mut chunks = self.chunks(id).await?;
-        match chunks.len() {
-            0 => {
-                let opts = PutOptions::from(PutMode::Create);
-                already_exists_is_ok(self.store.put_opts(&dst, PutPayload::new(), opts).await)?;
-            }
-            n => {
-                let src = if n == 1 {
-                    chunks.swap_remove(0).1.location
-                } else {
-                    // Several chunks (a chunked push): concatenate them into one object first, streaming.
-                    let assembled = Self::upload_dir(id)?.join(ASSEMBLED);
+        let size: u64 = chunks.iter().map(|(_, m)| m.size).sum();
+        if size == 0 {
+            let opts = PutOptions::from(PutMode::Create);
+            already_exists_is_ok(self.store.put_opts(&dst, PutPayload::new(), opts).await)?;
+        } else if chunks.len() == 1 && size <= self.max_copy_size {
+            // Put-if-absent: an object already under this digest holds the same (verified) bytes.
+            let src = chunks.swap_remove(0).1.location;
+            let opts = CopyOptions::default().with_mode(CopyMode::Create);
+            already_exists_is_ok(self.store.copy_opts(&src, &dst, opts).await)?;
+        } else {
+            // Several chunks (a chunked push), or one beyond a server-side copy: stream them into place. The
+            // multipart upload is invisible until complete; the digest lock held by the caller keeps any other
+            // publisher of this digest out meanwhile, so an object found here is whole and holds these bytes.
+            match self.store.head(&dst).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
                     let body = self.concat(chunks);
-                    self.write_object(&assembled, body, |_| Box::pin(async { Ok(()) }))
+                    self.write_object(&dst, body, |_| Box::pin(async { Ok(()) }))
                         .await?;
-                    assembled
-                };
-                // Put-if-absent: an object already under this digest holds the same (verified) bytes.
-                let opts = CopyOptions::default().with_mode(CopyMode::Create);
-                already_exists_is_ok(self.store.copy_opts(&src, &dst, opts).await)?;
+                }
+                Err(e) => return Err(backend_error(e)),
             }
         }
         // The blob is published; leftovers of the session are only garbage, reclaimed later if this fails.
@@ -681,6 +688,36 @@ mod tests {
         s.put_bytes(&d, Bytes::from(data.clone()))
             .await
             .expect("put again");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_beyond_a_server_side_copy_is_streamed_into_place() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = store(tmp.path());
+        s.max_copy_size = 1000;
+        let data: Vec<u8> = (0..PART_SIZE as u32 + 4321)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let d = digest(&data);
+        for id in ["big1", "big2"] {
+            s.create_upload(id).await.expect("create");
+            s.append_upload(id, 0, body(vec![data.clone()]))
+                .await
+                .expect("append");
+            // The second publish finds the blob in place and leaves it.
+            s.publish_upload(id, &d).await.expect("publish");
+        }
+        assert_eq!(
+            collect(s.open(&d, None).await.expect("open").body).await,
+            data
+        );
+        let staged: Vec<_> = s
+            .store
+            .list(Some(&Path::from("uploads")))
+            .try_collect()
+            .await
+            .expect("list staged objects");
+        assert!(staged.is_empty(), "staged objects left: {staged:?}");
     }
 
     #[tokio::test]
