@@ -2,6 +2,8 @@
 //! probes and health check they should, every config they embed passes `berth config check`, and `berth
 //! healthcheck` (the container's HEALTHCHECK) tells a live server from a dead one.
 
+#[path = "common/auth.rs"]
+mod auth;
 mod common;
 #[path = "common/image.rs"]
 mod image;
@@ -190,4 +192,155 @@ fn healthcheck_command_tells_a_live_server_from_a_dead_one() {
     ]);
     assert_eq!(dead.status.code(), Some(1));
     assert!(!dead.stderr.is_empty(), "a failed check says why");
+}
+
+/// The environment of a compose service, as (name, value) pairs in file order.
+fn compose_env(service: &serde_yaml_ng::Value) -> Vec<(String, String)> {
+    service["environment"]
+        .as_mapping()
+        .expect("environment is a mapping")
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                serde_yaml_ng::Value::String(s) => s.clone(),
+                other => panic!("environment value {other:?} is not a string"),
+            };
+            (k.as_str().expect("string key").to_string(), value)
+        })
+        .collect()
+}
+
+/// A berth process killed when dropped.
+struct Replica(std::process::Child, u16);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The scale-out compose example: its two replicas, started as berth processes with exactly their environment and
+/// the container's config file (only the database URL, bucket, endpoint and secrets swapped for this run's
+/// servers), share one registry: what is pushed through one is pulled through the other, with a token the first
+/// one issued.
+#[tokio::test]
+async fn compose_scale_out_replicas_share_one_registry() {
+    let compose = &yaml_docs("compose-scale-out.yaml")[0];
+    let services = &compose["services"];
+    let env = compose_env(&services["berth-a"]);
+    assert_eq!(env, compose_env(&services["berth-b"]), "replicas differ");
+    for svc in ["berth-a", "berth-b"] {
+        let volumes = format!("{:?}", services[svc]["volumes"]);
+        assert!(
+            volumes.contains("/var/lib/berth/jwt-signing.key"),
+            "{svc} must mount the shared signing key: {volumes}"
+        );
+        let health = format!("{:?}", services[svc]["healthcheck"]["test"]);
+        assert!(health.contains("/readyz"), "{svc} health check: {health}");
+    }
+    let caddyfile = std::fs::read_to_string(deploy("scale-out/Caddyfile")).unwrap();
+    assert!(
+        caddyfile.contains("berth-a:5000 berth-b:5000") && caddyfile.contains("health_uri /readyz")
+    );
+
+    let Some(endpoint) = common::s3_endpoint().filter(|_| common::on_postgres()) else {
+        eprintln!("skipped starting the replicas: they need PostgreSQL and S3 (CI's second pass)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("a"), tmp.path().join("b")];
+    let mut run_env = Vec::new();
+    for (key, value) in &env {
+        let value = match key.as_str() {
+            "BERTH_POSTGRES_URL" => common::postgres_url(&dirs[0]),
+            "BERTH_S3_BUCKET" => common::s3_bucket(&dirs[0]),
+            "BERTH_S3_ENDPOINT" => endpoint.clone(),
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => "berth-test".into(),
+            "BERTH_ADMIN_PASSWORD" => common::ADMIN_PASSWORD.into(),
+            _ => {
+                assert!(
+                    !value.contains("${"),
+                    "{key} needs a substitution this test does not make"
+                );
+                value.clone()
+            }
+        };
+        run_env.push((key.clone(), value));
+    }
+    let key = "5a".repeat(32);
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("jwt-signing.key"), format!("{key}\n")).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(deploy("container/berth.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir)
+            .env_remove("BERTH_OPEN_ACCESS")
+            .env("RUST_LOG", "warn")
+            .envs(run_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start a replica");
+        replicas.push(Replica(child, port));
+    }
+    for r in &mut replicas {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", r.1)).is_err() {
+            assert!(
+                r.0.try_wait().unwrap().is_none(),
+                "a replica exited at start"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let [a, b] = [0, 1].map(|i| format!("http://127.0.0.1:{}", replicas[i].1));
+
+    let pushed = auth::push_image(&a, &auth::admin(), "team/app", "v1", "compose").await;
+    let (status, token) =
+        auth::fetch_token(&a, &auth::admin(), &["repository:team/app:pull"]).await;
+    assert_eq!(status, 200, "{token}");
+    let bearer = auth::Creds::Bearer(token["token"].as_str().expect("token").to_string());
+    let (status, _, manifest) = auth::send(
+        reqwest::Method::GET,
+        &format!("{b}/v2/team/app/manifests/v1"),
+        &bearer,
+        &[("Accept", auth::OCI_MANIFEST)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&manifest));
+    assert_eq!(auth::sha256(&manifest), pushed.manifest);
+    let (status, _, layer) = auth::send(
+        reqwest::Method::GET,
+        &format!("{b}/v2/team/app/blobs/{}", pushed.layer),
+        &bearer,
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(auth::sha256(&layer), pushed.layer);
+    // Anonymous pulls of the private repository stay refused on either replica.
+    let (status, _, _) = auth::send(
+        reqwest::Method::GET,
+        &format!("{b}/v2/team/app/manifests/v1"),
+        &auth::Creds::Anonymous,
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 401);
+    drop(replicas);
+    common::drop_database(&dirs[0]);
 }
