@@ -349,6 +349,10 @@ pub struct Storage {
     pub s3: S3Storage,
     pub gcs: GcsStorage,
     pub azure: AzureStorage,
+    /// With an object store: blob GETs are answered with a redirect to a pre-signed URL valid this long, so the
+    /// bytes go from the object store to the client without passing through berth. Unset: berth streams them.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub redirect_ttl: Option<Duration>,
     /// PostgreSQL connection URL (`postgres://user:password@host:5432/berth`). Never logged; prefer
     /// `postgres_url_env` to keep the password out of this file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -507,6 +511,7 @@ impl Default for Storage {
             s3: S3Storage::default(),
             gcs: GcsStorage::default(),
             azure: AzureStorage::default(),
+            redirect_ttl: None,
             postgres_url: None,
             postgres_url_env: None,
             postgres_pool_size: 16,
@@ -752,6 +757,9 @@ sqlite_synchronous = "full"
 # "s3", "gcs" or "azure", configured in the table of that name below (docs/scale-out.md). The SQLite
 # database stays in data_dir; mirror downloads in flight are spooled to data_dir/spool.
 blobs = "filesystem"
+# With an object store: answer blob GETs with a 307 redirect to a pre-signed URL valid this long, so layer bytes
+# go from the object store straight to clients (which must be able to reach it). Unset: berth streams them.
+# redirect_ttl = "10m"
 
 # [storage.s3]
 # bucket = "berth"                     # must exist
@@ -1022,6 +1030,20 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "{key} must be set when storage.blobs is an object store"
             )));
+        }
+        if let Some(ttl) = s.redirect_ttl {
+            if s.blobs == BlobBackend::Filesystem {
+                return Err(ConfigError::Invalid(
+                    "storage.redirect_ttl needs an object store (storage.blobs = \"s3\", \"gcs\" or \"azure\")"
+                        .into(),
+                ));
+            }
+            // S3 refuses pre-signed URLs valid for more than 7 days; below a second a client cannot use one.
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::Invalid(
+                    "storage.redirect_ttl must be between 1s and 7 days".into(),
+                ));
+            }
         }
         if self.limits.max_manifest_size.as_u64() == 0 {
             return Err(ConfigError::Invalid(

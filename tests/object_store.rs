@@ -8,6 +8,8 @@
 mod common;
 #[path = "common/spec.rs"]
 mod spec;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::time::Duration;
 
@@ -321,4 +323,104 @@ async fn a_300_mib_blob_is_pushed_and_pulled_in_bounded_memory() {
         // Buffering the blob would need at least its 300 MiB; the backend holds a part or two per transfer.
         assert!(peak < 160 * 1024, "peak RSS {peak} KiB");
     }
+}
+
+/// `storage.redirect_ttl`: a blob GET is answered with a 307 to a pre-signed URL the client can read without
+/// credentials (ranges included); unknown blobs still get the registry's 404, and HEAD is answered by berth.
+#[tokio::test]
+async fn blob_gets_redirect_to_presigned_urls_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.toml");
+    std::fs::write(&config, "[storage]\nredirect_ttl = \"5m\"\n").expect("write config");
+    if !on_s3() {
+        // On the filesystem the setting is refused at start rather than ignored.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run berth");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("storage.redirect_ttl needs an object store"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let b = Berth::start_with(&["--config", config.to_str().expect("utf-8 path")]);
+    let r = Reg::new(b.url(), client());
+    let data = pattern(300_000, 7);
+    let digest = r.push_blob("redirect/app", &data).await;
+
+    let resp = r.get(&format!("/v2/redirect/app/blobs/{digest}")).await;
+    assert_eq!(resp.status().as_u16(), 307);
+    assert_eq!(spec::must_header(&resp, "docker-content-digest"), digest);
+    let location = spec::must_header(&resp, "location");
+    let endpoint = common::s3_endpoint().expect("on S3");
+    assert!(
+        location.starts_with(endpoint.trim_end_matches('/'))
+            && location.contains("X-Amz-Signature="),
+        "not a pre-signed URL of the bucket: {location}"
+    );
+    // The object store serves it to a client holding no credentials, whole and by range.
+    let plain = reqwest::Client::new();
+    let whole = plain
+        .get(&location)
+        .send()
+        .await
+        .expect("GET pre-signed URL");
+    assert_eq!(whole.status().as_u16(), 200);
+    assert_eq!(
+        whole.bytes().await.expect("body"),
+        Bytes::from(data.clone())
+    );
+    let part = plain
+        .get(&location)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .expect("ranged GET");
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(
+        part.bytes().await.expect("body").as_ref(),
+        &data[1000..2000]
+    );
+
+    // A real client follows the redirect for layers and configs (skopeo, as containerd and Docker do).
+    let image = r.push_image("redirect/app", "v1", "redirected").await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let dest = out.path().join("copy");
+    tools::skopeo_ok(
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/redirect/app:v1", b.host()),
+            &format!("dir:{}", dest.display()),
+        ],
+        out.path(),
+    );
+    let layer_file = dest.join(image.layer_digest.trim_start_matches("sha256:"));
+    assert_eq!(std::fs::read(layer_file).expect("layer copied"), image.layer);
+
+    let head = r.head(&format!("/v2/redirect/app/blobs/{digest}")).await;
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        spec::must_header(&head, "content-length"),
+        data.len().to_string()
+    );
+    let missing = sha256(b"never pushed");
+    spec::expect_error(
+        r.get(&format!("/v2/redirect/app/blobs/{missing}")).await,
+        404,
+        &["BLOB_UNKNOWN"],
+    )
+    .await;
+    // Visible only where it is linked: another repository gets no URL for it.
+    spec::expect_error(
+        r.get(&format!("/v2/redirect/other/blobs/{digest}")).await,
+        404,
+        &["BLOB_UNKNOWN"],
+    )
+    .await;
 }

@@ -264,11 +264,12 @@ pub fn distribution_config(
         DistributionStorage::Filesystem(root) => {
             format!("  filesystem:\n    rootdirectory: {}\n", root.display())
         }
-        // A region endpoint makes the driver use path-style requests; `secure: false` allows plain HTTP.
+        // A region endpoint makes the driver use path-style requests; `secure: false` allows plain HTTP. Blob GETs
+        // are served through distribution rather than redirected to the S3 server, as berth serves them.
         DistributionStorage::S3 { endpoint, bucket } => format!(
             "  s3:\n    accesskey: berth-bench\n    secretkey: berth-bench\n    region: us-east-1\n    \
              regionendpoint: {endpoint}\n    bucket: {bucket}\n    secure: false\n    v4auth: true\n    \
-             rootdirectory: /registry\n"
+             rootdirectory: /registry\n  redirect:\n    disable: true\n"
         ),
     };
     let mut config = format!(

@@ -594,6 +594,13 @@ async fn get_blob(reg: &Registry, repo: &RepoName, d: &Digest, req: Request) -> 
         let size = reg.head_blob(repo, d).await?;
         return Ok(blob_response(d, Some(size), Body::empty(), StatusCode::OK));
     }
+    if let Some(url) = reg.blob_redirect(repo, d).await? {
+        // The client repeats any Range header to the object store, which answers it.
+        let mut r = blob_response(d, Some(0), Body::empty(), StatusCode::TEMPORARY_REDIRECT);
+        r.headers_mut().insert(header::LOCATION, hv(&url));
+        r.headers_mut().remove(header::ACCEPT_RANGES);
+        return Ok(r);
+    }
     let range = byte_range(req.headers());
     let dl = reg.open_blob(repo, d, range).await?;
     Ok(download_response(d, dl, range))

@@ -154,6 +154,27 @@ impl Registry {
         Ok(size)
     }
 
+    /// Where to send a client for a blob's bytes instead of streaming them (`storage.redirect_ttl`): a pre-signed
+    /// object-store URL, once the blob is known to be visible in `repo`. `None`: stream it (also when signing
+    /// fails, which is logged: the client still gets its bytes).
+    pub async fn blob_redirect(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>, RegistryError> {
+        if !self.blobs.presigns() {
+            return Ok(None);
+        }
+        self.blob_size(repo, digest).await?;
+        match self.blobs.presigned_get(digest).await {
+            Ok(url) => Ok(url),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot pre-sign a blob URL; streaming the blob");
+                Ok(None)
+            }
+        }
+    }
+
     /// Opens a blob visible in `repo`, whole or a range of it. The stored object's real length is checked against the
     /// metadata before any header is sent, so a damaged store yields an error, never a short 200 (invariant 2).
     pub async fn open_blob(

@@ -107,6 +107,17 @@ pub trait BlobStore: Send + Sync + 'static {
         range: Option<(u64, u64)>,
     ) -> Result<BlobReader, StoreError>;
 
+    /// Whether [`BlobStore::presigned_get`] hands out URLs (checked before any work is done for one).
+    fn presigns(&self) -> bool {
+        false
+    }
+
+    /// A URL a client can GET the blob from directly, valid for the configured time (`storage.redirect_ttl`), or
+    /// `None` when this store does not hand out URLs.
+    async fn presigned_get(&self, _digest: &Digest) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
     /// Length of a stored blob, or `None` when absent.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
 

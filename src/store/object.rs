@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{
     CopyMode, CopyOptions, GetOptions, GetRange, MultipartUpload, ObjectMeta, ObjectStore,
     ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -52,6 +53,15 @@ pub struct ObjectBlobStore {
     spool: PathBuf,
     /// A staged chunk larger than this is streamed into place rather than copied server-side.
     max_copy_size: u64,
+    /// Blob GETs answered with a pre-signed URL (`storage.redirect_ttl`).
+    redirect: Option<Redirect>,
+}
+
+/// What pre-signs blob URLs: the backend itself (a prefix store cannot sign), with the key prefix applied here.
+struct Redirect {
+    signer: Arc<dyn Signer>,
+    prefix: String,
+    ttl: std::time::Duration,
 }
 
 fn backend_error(e: object_store::Error) -> StoreError {
@@ -80,7 +90,9 @@ impl ObjectBlobStore {
     /// provider's usual environment variables and, failing those, instance metadata (EC2/ECS roles, GCE service
     /// accounts, Azure managed identity), as `object_store`'s builders look them up.
     pub fn open(storage: &Storage) -> Result<ObjectBlobStore, StoreError> {
-        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match storage.blobs {
+        let (store, signer, prefix): (Arc<dyn ObjectStore>, Arc<dyn Signer>, &str) = match storage
+            .blobs
+        {
             BlobBackend::Filesystem => {
                 return Err(config_error(
                     "storage.blobs",
@@ -111,8 +123,8 @@ impl ObjectBlobStore {
                         var,
                     )?);
                 }
-                let s = b.build().map_err(|e| config_error("storage.s3", e))?;
-                (Arc::new(s), c.prefix.as_str())
+                let s = Arc::new(b.build().map_err(|e| config_error("storage.s3", e))?);
+                (s.clone(), s, c.prefix.as_str())
             }
             BlobBackend::Gcs => {
                 let c = &storage.gcs;
@@ -121,8 +133,8 @@ impl ObjectBlobStore {
                 if let Some(p) = &c.service_account_path {
                     b = b.with_service_account_path(p.to_string_lossy());
                 }
-                let s = b.build().map_err(|e| config_error("storage.gcs", e))?;
-                (Arc::new(s), c.prefix.as_str())
+                let s = Arc::new(b.build().map_err(|e| config_error("storage.gcs", e))?);
+                (s.clone(), s, c.prefix.as_str())
             }
             BlobBackend::Azure => {
                 let c = &storage.azure;
@@ -136,15 +148,23 @@ impl ObjectBlobStore {
                 if let Some(e) = &c.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
-                let s = b.build().map_err(|e| config_error("storage.azure", e))?;
-                (Arc::new(s), c.prefix.as_str())
+                let s = Arc::new(b.build().map_err(|e| config_error("storage.azure", e))?);
+                (s.clone(), s, c.prefix.as_str())
             }
         };
-        let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+        let prefix = prefix.trim_matches('/');
+        let redirect = storage.redirect_ttl.map(|ttl| Redirect {
+            signer,
+            prefix: prefix.to_string(),
+            ttl,
+        });
+        let store: Arc<dyn ObjectStore> = match prefix {
             "" => store,
             p => Arc::new(object_store::prefix::PrefixStore::new(store, p)),
         };
-        Self::with_store(store, &storage.data_dir.join("spool"))
+        let mut s = Self::with_store(store, &storage.data_dir.join("spool"))?;
+        s.redirect = redirect;
+        Ok(s)
     }
 
     /// A store over any `ObjectStore` (tests use the in-memory one), spooling mirror downloads under `spool`.
@@ -157,6 +177,7 @@ impl ObjectBlobStore {
             store,
             spool: spool.to_path_buf(),
             max_copy_size: MAX_COPY_SIZE,
+            redirect: None,
         })
     }
 
@@ -543,6 +564,27 @@ impl BlobStore for ObjectBlobStore {
             len,
             body: Box::pin(r.into_stream().map_err(std::io::Error::other)),
         })
+    }
+
+    fn presigns(&self) -> bool {
+        self.redirect.is_some()
+    }
+
+    async fn presigned_get(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+        let Some(r) = &self.redirect else {
+            return Ok(None);
+        };
+        let key = Self::blob_key(digest);
+        let key = match r.prefix.as_str() {
+            "" => key,
+            p => Path::from(format!("{p}/{key}")),
+        };
+        let url = r
+            .signer
+            .signed_url(object_store::signer::Method::GET, &key, r.ttl)
+            .await
+            .map_err(backend_error)?;
+        Ok(Some(url.to_string()))
     }
 
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
