@@ -401,7 +401,10 @@ async fn blob_gets_redirect_to_presigned_urls_when_configured() {
         out.path(),
     );
     let layer_file = dest.join(image.layer_digest.trim_start_matches("sha256:"));
-    assert_eq!(std::fs::read(layer_file).expect("layer copied"), image.layer);
+    assert_eq!(
+        std::fs::read(layer_file).expect("layer copied"),
+        image.layer
+    );
 
     let head = r.head(&format!("/v2/redirect/app/blobs/{digest}")).await;
     assert_eq!(head.status().as_u16(), 200);
