@@ -230,6 +230,9 @@ pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<
         _ => {}
     }
 
+    if !args.dry_run {
+        remove_interrupted_copies(&*dst.blobs, progress).await;
+    }
     copy_blobs(&src, &dst, args, progress, &mut summary).await?;
     if args.dry_run || !summary.problems.is_empty() {
         return Ok(summary);
@@ -237,7 +240,14 @@ pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<
 
     if !summary.metadata_present {
         progress.set_message("copying metadata".into());
-        let rows = transfer::stream_all(&src.meta, |_, _| {});
+        let (shown, mut copied) = (progress.clone(), vec![0u64; TABLES.len()]);
+        let rows = transfer::stream_all(&src.meta, move |table, n| {
+            copied[table] += n as u64;
+            shown.set_message(format!(
+                "copying metadata: {} {}",
+                copied[table], TABLES[table].name
+            ));
+        });
         dst.meta
             .replace_all(rows)
             .await
@@ -277,6 +287,24 @@ async fn destination_state(src: &Side, dst: &Side) -> anyhow::Result<Destination
             Some(d) => DestinationState::Other(d),
         },
     )
+}
+
+/// Prefix of the upload objects this command writes blobs into, so a later run can tell its own leftovers.
+const UPLOAD_PREFIX: &str = "migrate";
+
+/// Removes the upload objects of an earlier run that was killed mid-blob (no session row owns them; a server start
+/// would reclaim them too). Best effort: a leftover only costs space.
+async fn remove_interrupted_copies(store: &dyn BlobStore, progress: &Progress) {
+    let Ok(ids) = store.list_uploads().await else {
+        return;
+    };
+    for id in ids.iter().filter(|id| id.starts_with(UPLOAD_PREFIX)) {
+        if let Err(e) = store.delete_upload(id).await {
+            progress.println(format!(
+                "note: cannot remove upload {id} left by an interrupted run: {e}"
+            ));
+        }
+    }
 }
 
 /// Every row of the source's `blob` table, as (digest text, size).
@@ -408,7 +436,7 @@ async fn copy_blob(
             progress.advance(chunk.len() as u64);
         })
     };
-    let id = format!("migrate{}", uuid::Uuid::new_v4().simple());
+    let id = format!("{UPLOAD_PREFIX}{}", uuid::Uuid::new_v4().simple());
     to.create_upload(&id)
         .await
         .map_err(store_problem("destination", digest_text))?;

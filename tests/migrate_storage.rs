@@ -614,3 +614,89 @@ async fn broken_source_blob_stops_the_copy_and_a_rerun_finishes_it() {
     .await;
     assert_eq!(s, 404, "--force replaced the destination's metadata");
 }
+
+#[tokio::test]
+async fn migration_killed_mid_copy_finishes_when_run_again() {
+    let root = tempfile::tempdir().unwrap();
+    let src = Store::new(root.path(), "src", Shape::SqliteFs);
+    let dst = Store::new(root.path(), "dst", Shape::SqliteFs);
+    let server = Server::start(&src);
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec();
+    let layer = pseudo_random(5, 32 << 20);
+    let big = push_blob(&server.url(), "big/app", &layer).await;
+    push_blob(&server.url(), "big/app", &config).await;
+    let manifest = auth::manifest_for(&config, &layer);
+    push_manifest(&server.url(), "big/app", "v1", OCI_MANIFEST, &manifest).await;
+    server.stop();
+
+    // Killed as soon as the big blob's upload object at the destination has bytes (or, on a machine fast enough
+    // to finish first, not at all: the assertions below hold either way).
+    let mut child = berth_cmd()
+        .args([
+            "migrate-storage",
+            "--jobs",
+            "1",
+            "--from",
+            src.config(),
+            "--to",
+        ])
+        .arg(dst.config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let uploads = dst.data().join("uploads");
+    let interrupted = loop {
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        let writing = std::fs::read_dir(&uploads).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+        });
+        if writing {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    eprintln!("migrate-storage killed mid-copy: {interrupted}");
+    if let Ok(bytes) = std::fs::read(fs_blob_path(&dst, &big)) {
+        assert!(
+            bytes == layer,
+            "a published blob is whole, even after kill -9"
+        );
+    }
+
+    let out = migrate_ok(&src, &dst, &["--verify"]);
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(&uploads).unwrap().count(),
+        0,
+        "the killed run's upload object was removed"
+    );
+    let server = Server::start(&dst);
+    let (s, _, body) = send(
+        Method::GET,
+        &format!("{}/v2/big/app/blobs/{big}", server.url()),
+        &admin(),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(body == layer, "the big blob byte for byte");
+    let (s, _, body) = send(
+        Method::GET,
+        &format!("{}/v2/big/app/manifests/v1", server.url()),
+        &admin(),
+        &[("Accept", OCI_MANIFEST)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body, manifest);
+}

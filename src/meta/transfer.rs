@@ -546,12 +546,12 @@ impl ToSql for Value {
 /// ending with [`Load::Commit`]; `on_rows(table, n)` is told about each batch (progress).
 pub fn stream_all(
     from: &MetaDatabase,
-    on_rows: impl Fn(usize, usize) + Send + 'static,
+    mut on_rows: impl FnMut(usize, usize) + Send + 'static,
 ) -> mpsc::Receiver<Result<Load, MetaError>> {
     let (tx, rx) = mpsc::channel(4);
     let from = from.clone();
     tokio::spawn(async move {
-        for table in 0..TABLES.len() {
+        for (table, t) in TABLES.iter().enumerate() {
             let mut rows = from.read(table);
             loop {
                 let msg = match rows.recv().await {
@@ -563,7 +563,7 @@ pub fn stream_all(
                     Some(Err(e)) => Err(e),
                     None => Err(MetaError::Database(format!(
                         "reading table {} stopped before its end",
-                        TABLES[table].name
+                        t.name
                     ))),
                 };
                 let failed = msg.is_err();
