@@ -1,7 +1,8 @@
 //! `berth migrate-storage` (docs/scale-out.md, "Moving to the scale-out shape"), black-box with the real binary:
 //! - a registry with a multi-platform index, a referrer, several tags, a second repository, a user and a personal
-//!   access token is moved to another store with its server stopped; a berth started on the copy serves every
-//!   manifest and blob byte for byte, the referrers and tag lists, and accepts the user's password and token;
+//!   access token, and an image cached through a mirror, is moved to another store with its server stopped; a
+//!   berth started on the copy serves every manifest and blob byte for byte, the referrers and tag lists, the
+//!   mirror's cache with its upstream gone, and accepts the user's password and token;
 //! - SQLite + filesystem to SQLite + filesystem always; with `BERTH_TEST_METADATA=postgres` (CI's scale-out pass)
 //!   also to PostgreSQL + S3 and back again;
 //! - a run stopped by a broken source blob reports it, exits non-zero and publishes nothing wrong; once the source
@@ -43,6 +44,11 @@ struct Store {
 
 impl Store {
     fn new(root: &Path, name: &str, shape: Shape) -> Store {
+        Self::with(root, name, shape, "")
+    }
+
+    /// A store whose config file ends with `extra` (TOML tables such as `[[mirror]]`).
+    fn with(root: &Path, name: &str, shape: Shape, extra: &str) -> Store {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut toml = format!("[storage]\ndata_dir = {:?}\n", dir.join("data"));
@@ -56,6 +62,7 @@ impl Store {
                 common::s3_bucket(&dir),
             ));
         }
+        toml.push_str(extra);
         let config = dir.join("berth.toml");
         std::fs::write(&config, toml).unwrap();
         Store { dir, config, shape }
@@ -344,12 +351,14 @@ async fn fill(server: &Server, store: &Store) -> Pushed {
 /// Everything `fill` pushed is served by `server`, byte for byte, and alice's password and token still work.
 async fn check(server: &Server, p: &Pushed) {
     let base = server.url();
-    for creds in [
-        admin(),
-        Creds::basic("alice", ALICE_PASSWORD),
-        Creds::basic("alice", &p.token),
-    ] {
-        for (repo, reference, bytes) in &p.manifests {
+    // Every manifest as admin; alice's password and token on one each (every Basic login hashes a password).
+    let logins = [
+        (admin(), &p.manifests[..]),
+        (Creds::basic("alice", ALICE_PASSWORD), &p.manifests[..1]),
+        (Creds::basic("alice", &p.token), &p.manifests[..1]),
+    ];
+    for (creds, manifests) in logins {
+        for (repo, reference, bytes) in manifests {
             let (s, h, body) = send(
                 Method::GET,
                 &format!("{base}/v2/{repo}/manifests/{reference}"),
@@ -416,29 +425,108 @@ async fn check(server: &Server, p: &Pushed) {
     assert!(s == 401 || s == 403, "a pull token cannot push ({s})");
 }
 
-/// Fills a berth on `stores[0]`, then moves it along `stores` one migration at a time, checking each copy.
-async fn round_trip(stores: &[Store]) {
+/// The image `round_trip` caches through the mirror `local` (the upstream is stopped before the first move).
+struct Mirrored {
+    upstream: common::Berth,
+    image: auth::Pushed,
+}
+
+impl Mirrored {
+    async fn start() -> Mirrored {
+        let upstream = common::Berth::start();
+        let image = auth::push_image(
+            &upstream.url(),
+            &Creds::Anonymous,
+            "team/up",
+            "v1",
+            "cached upstream image",
+        )
+        .await;
+        Mirrored { upstream, image }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "\n[[mirror]]\nname = \"local\"\nupstream = {:?}\n",
+            self.upstream.url()
+        )
+    }
+
+    /// Pulls the image's manifest by tag and its blobs through the mirror: the cache now holds them.
+    async fn pull(&self, server: &Server) -> Vec<Vec<u8>> {
+        let mut bodies = Vec::new();
+        let base = server.url();
+        let (s, _, body) = send(
+            Method::GET,
+            &format!("{base}/v2/local/team/up/manifests/v1"),
+            &admin(),
+            &[("Accept", OCI_MANIFEST)],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(
+            s,
+            200,
+            "mirror manifest: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(sha256(&body), self.image.manifest);
+        bodies.push(body);
+        for digest in [&self.image.config, &self.image.layer] {
+            let (s, _, body) = send(
+                Method::GET,
+                &format!("{base}/v2/local/team/up/blobs/{digest}"),
+                &admin(),
+                &[],
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(s, 200, "mirror blob {digest}");
+            assert_eq!(&sha256(&body), digest);
+            bodies.push(body);
+        }
+        bodies
+    }
+}
+
+/// Fills a berth on the first shape (and caches an image through a mirror), then moves it along `shapes` one
+/// migration at a time, checking each copy; the copies serve the mirror's cache with the upstream gone.
+async fn round_trip(shapes: &[(&str, Shape)]) {
+    let root = tempfile::tempdir().unwrap();
+    let mut mirrored = Mirrored::start().await;
+    let stores: Vec<Store> = shapes
+        .iter()
+        .map(|(name, shape)| Store::with(root.path(), name, *shape, &mirrored.config()))
+        .collect();
     let server = Server::start(&stores[0]);
     let pushed = fill(&server, &stores[0]).await;
     check(&server, &pushed).await;
+    let cached = mirrored.pull(&server).await;
     server.stop();
+    mirrored.upstream.kill9();
     for (hop, pair) in stores.windows(2).enumerate() {
         let out = migrate_ok(&pair[0], &pair[1], &["--verify"]);
-        // Each hop also carries the repository the previous hop's check pushed (one image: 3 blobs).
+        // The mirror cache adds a repository, a manifest, a tag and 3 blobs; each hop also carries the repository
+        // the previous hop's check pushed (one image: 3 blobs).
         let summary = format!(
             "metadata: copied {} repositories, {} manifests, {} tags, 2 users, 1 tokens",
-            2 + hop,
-            5 + hop,
-            4 + hop
+            3 + hop,
+            6 + hop,
+            5 + hop
         );
         assert!(out.contains(&summary), "{out}");
         assert!(
-            out.contains(&format!("blobs: {} copied", 13 + 3 * hop)),
+            out.contains(&format!("blobs: {} copied", 16 + 3 * hop)),
             "{out}"
         );
         assert!(out.contains("verified"), "{out}");
         let server = Server::start(&pair[1]);
         check(&server, &pushed).await;
+        assert_eq!(
+            mirrored.pull(&server).await,
+            cached,
+            "the mirror cache came along"
+        );
         // New rows get ids after the copied ones (PostgreSQL sequences moved past them).
         let repo = format!("team/new{hop}");
         auth::push_image(&server.url(), &admin(), &repo, "v1", &repo).await;
@@ -449,12 +537,7 @@ async fn round_trip(stores: &[Store]) {
 
 #[tokio::test]
 async fn sqlite_fs_moves_to_another_sqlite_fs_store_byte_for_byte() {
-    let root = tempfile::tempdir().unwrap();
-    round_trip(&[
-        Store::new(root.path(), "a", Shape::SqliteFs),
-        Store::new(root.path(), "b", Shape::SqliteFs),
-    ])
-    .await;
+    round_trip(&[("a", Shape::SqliteFs), ("b", Shape::SqliteFs)]).await;
 }
 
 #[tokio::test]
@@ -465,11 +548,10 @@ async fn sqlite_fs_moves_to_postgres_s3_and_back() {
         );
         return;
     }
-    let root = tempfile::tempdir().unwrap();
     round_trip(&[
-        Store::new(root.path(), "single", Shape::SqliteFs),
-        Store::new(root.path(), "scale-out", Shape::PostgresS3),
-        Store::new(root.path(), "single-again", Shape::SqliteFs),
+        ("single", Shape::SqliteFs),
+        ("scale-out", Shape::PostgresS3),
+        ("single-again", Shape::SqliteFs),
     ])
     .await;
 }
