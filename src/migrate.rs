@@ -166,6 +166,14 @@ async fn open_side(config: Config, role: &str) -> anyhow::Result<Side> {
             MetaDatabase::Postgres(Arc::new(store))
         }
     };
+    if let Some(n) = meta.other_sessions().await.unwrap_or(None)
+        && n > 0
+    {
+        eprintln!(
+            "warning: --{role}: {n} other sessions are connected to the PostgreSQL database; every berth replica \
+             using it must be stopped during a migration"
+        );
+    }
     let blobs = crate::server::open_blobs(&config).with_context(|| format!("--{role}"))?;
     Ok(Side {
         config,
