@@ -209,7 +209,7 @@ fn refuse_same_store(from: &Config, to: &Config) -> anyhow::Result<()> {
 }
 
 /// `berth migrate-storage`. Returns the summary; its `problems` are non-empty when some blob could not be copied
-/// or verified (nothing is then written to the destination's metadata).
+/// (then no metadata was written) or, with `--verify`, failed verification at the destination.
 pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<Summary> {
     let ignored = Config::storage_overrides_in_env();
     if !ignored.is_empty() {
