@@ -141,8 +141,8 @@ enum Command {
     Import(berth::archive::cli::ImportArgs),
     /// Import the storage root of a stopped CNCF distribution (registry:2), reporting anything broken.
     ImportDistribution(berth::archive::cli::ImportDistributionArgs),
-    /// Copy everything a registry holds into another storage shape (SQLite + filesystem to PostgreSQL + object
-    /// store and back); both servers stopped (docs/scale-out.md).
+    /// Copy a whole registry into another storage shape, e.g. SQLite + filesystem to PostgreSQL + S3 (servers
+    /// stopped).
     MigrateStorage(berth::migrate::MigrateArgs),
     /// Mirror helpers.
     Mirror {
