@@ -939,9 +939,42 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads a config file (or the defaults when `path` is `None`) and validates it.
+    /// Loads a config file (or the defaults when `path` is `None`), applies the `BERTH_*` environment overrides
+    /// and validates it.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut config = match path {
+        let mut config = Self::read(path)?;
+        config.storage.apply_env()?;
+        config.apply_env()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads a config file and validates it, without the `BERTH_*` environment overrides: for commands that open
+    /// two stores at once (`migrate-storage`), where one override would otherwise point both at the same place.
+    /// Variables the file names itself (`postgres_url_env`, `secret_access_key_env`, …) are still read.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::read(Some(path))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The names of the `BERTH_*` storage overrides set in this environment ([`Config::load`] applies them).
+    pub fn storage_overrides_in_env() -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+            .filter(|(k, v)| {
+                !v.is_empty()
+                    && (matches!(
+                        k.as_str(),
+                        "BERTH_METADATA" | "BERTH_POSTGRES_URL" | "BERTH_BLOBS"
+                    ) || k.starts_with("BERTH_S3_"))
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn read(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Ok(match path {
             None => Config::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -953,11 +986,7 @@ impl Config {
                     message,
                 })?
             }
-        };
-        config.storage.apply_env()?;
-        config.apply_env()?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// `BERTH_METADATA` and `BERTH_POSTGRES_URL` replace the storage keys of the file, for every command that loads

@@ -7,6 +7,7 @@ pub mod http;
 pub mod maint;
 pub mod meta;
 pub mod metrics;
+pub mod migrate;
 pub mod mirror;
 pub mod oci;
 pub mod prefetch;

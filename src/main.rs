@@ -141,6 +141,9 @@ enum Command {
     Import(berth::archive::cli::ImportArgs),
     /// Import the storage root of a stopped CNCF distribution (registry:2), reporting anything broken.
     ImportDistribution(berth::archive::cli::ImportDistributionArgs),
+    /// Copy a whole registry into another storage shape, e.g. SQLite + filesystem to PostgreSQL + S3 (servers
+    /// stopped).
+    MigrateStorage(berth::migrate::MigrateArgs),
     /// Mirror helpers.
     Mirror {
         #[command(subcommand)]
@@ -334,6 +337,7 @@ fn main() -> ExitCode {
         Command::Export(args) => berth::archive::cli::export(args),
         Command::Import(args) => berth::archive::cli::import(args),
         Command::ImportDistribution(args) => berth::archive::cli::import_distribution(args),
+        Command::MigrateStorage(args) => berth::migrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

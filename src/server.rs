@@ -122,16 +122,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let blobs: Arc<dyn BlobStore> = match config.storage.blobs {
-        BlobBackend::Filesystem => Arc::new(
-            FsBlobStore::open(dir)
-                .with_context(|| format!("cannot open blob store in {}", dir.display()))?,
-        ),
-        backend => Arc::new(
-            ObjectBlobStore::open(&config.storage)
-                .with_context(|| format!("cannot open the {backend:?} blob store"))?,
-        ),
-    };
+    let blobs = open_blobs(config)?;
     let stores = open_meta(config)?;
     let limits = Limits {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
@@ -148,6 +139,21 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         registry,
         maintenance,
         postgres: stores.postgres,
+    })
+}
+
+/// Opens the blob store `storage.blobs` names: under the data directory, or the object store.
+pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let dir = &config.storage.data_dir;
+    Ok(match config.storage.blobs {
+        BlobBackend::Filesystem => Arc::new(
+            FsBlobStore::open(dir)
+                .with_context(|| format!("cannot open blob store in {}", dir.display()))?,
+        ),
+        backend => Arc::new(
+            ObjectBlobStore::open(&config.storage)
+                .with_context(|| format!("cannot open the {backend:?} blob store"))?,
+        ),
     })
 }
 

@@ -75,9 +75,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
 
 /// Writes a fresh random key atomically (rename), readable by the owner only.
 pub fn write_new_key(data_dir: &Path) -> Result<PathBuf, KeyError> {
+    let secret: [u8; 32] = rand::random();
+    write_key(data_dir, &secret)
+}
+
+/// Gives `to_dir` the signing key of `from_dir` (`migrate-storage`), so access tokens issued before a move stay
+/// valid after it. Returns false when `from_dir` has no key (its server never started) or `to_dir` has the same.
+pub fn copy_key(from_dir: &Path, to_dir: &Path) -> Result<bool, KeyError> {
+    let from = from_dir.join(KEY_FILE);
+    if !from.exists() {
+        return Ok(false);
+    }
+    let secret = read_key(&from)?;
+    let to = to_dir.join(KEY_FILE);
+    if to.exists() && read_key(&to).is_ok_and(|existing| existing == secret) {
+        return Ok(false);
+    }
+    write_key(to_dir, &secret)?;
+    Ok(true)
+}
+
+fn write_key(data_dir: &Path, secret: &[u8]) -> Result<PathBuf, KeyError> {
     let path = data_dir.join(KEY_FILE);
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    let secret: [u8; 32] = rand::random();
     let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
     {
         use std::io::Write;

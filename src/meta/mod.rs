@@ -7,6 +7,7 @@ pub mod postgres;
 pub mod sqlite;
 mod sqlite_maint;
 mod sqlite_ui;
+pub mod transfer;
 pub mod ui;
 
 use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
