@@ -152,12 +152,17 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
 }
 
 /// Opens access control: the user/token store (the metadata store, through its own connections) and the token
-/// signing key, created on first start in the data directory.
+/// signing key: `auth.signing_key_file` (shared by replicas), or the data directory's, created on first start.
 pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
     let dir = &config.storage.data_dir;
     let store = open_meta(config)?.auth;
-    let key = crate::auth::SigningKey::open(dir)?;
     let a = &config.auth;
+    // A configured file is the replicas' shared key: never replaced by a fresh one here (see `IfMissing::Fail`).
+    let missing = match a.signing_key_file {
+        Some(_) => crate::auth::jwt::IfMissing::Fail,
+        None => crate::auth::jwt::IfMissing::Create,
+    };
+    let key = crate::auth::SigningKey::open(&a.signing_key_path(dir), missing)?;
     let settings = crate::auth::Settings {
         policy: a.compile()?,
         service: a.service.clone(),
