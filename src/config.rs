@@ -212,6 +212,12 @@ pub struct Auth {
     /// Lifetime of access tokens from the token endpoint.
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// The key that signs access tokens and UI sessions (64 hex digits). Unset: `jwt-signing.key` in the data
+    /// directory, created on first start. Set it to one file every replica reads (a mounted secret), so a token
+    /// issued by one replica is accepted by all; berth then never creates it (a missing file is an error, not a
+    /// fresh key that only this replica knows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
     /// Answer `/v2/` and `/v2/_catalog` to anonymous callers instead of challenging them.
     pub anonymous_browse: bool,
     /// Failed logins allowed per source address and per user name within `failed_login_window`; 0: unlimited.
@@ -239,6 +245,15 @@ pub struct AuthPolicy {
     pub immutable_tags: bool,
 }
 
+impl Auth {
+    /// Where the token signing key lives: `signing_key_file`, or `jwt-signing.key` in `data_dir`.
+    pub fn signing_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join(crate::auth::jwt::KEY_FILE))
+    }
+}
+
 impl AuthPolicy {
     fn new(repositories: &[&str], pull: &[&str], push: &[&str], delete: &[&str]) -> AuthPolicy {
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
@@ -258,6 +273,7 @@ impl Default for Auth {
             service: "berth".into(),
             realm: None,
             token_ttl: Duration::from_secs(300),
+            signing_key_file: None,
             anonymous_browse: false,
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
@@ -849,6 +865,10 @@ service = "berth"
 # realm = "https://registry.example.com"
 # Lifetime of access tokens handed out by /token.
 token_ttl = "5m"
+# signing_key_file: the key that signs access tokens and UI sessions. Unset: jwt-signing.key in data_dir, created on
+# first start. With several replicas, point all of them at the same file (see docs/scale-out.md); it must exist
+# (`berth auth rotate-key` writes a new one there).
+# signing_key_file = "/run/secrets/berth-signing-key"
 # Answer /v2/ and /v2/_catalog to anonymous callers without a challenge (the catalog only lists what they may pull).
 anonymous_browse = false
 # Failed logins allowed per source address and per user name within failed_login_window (0: unlimited).

@@ -158,12 +158,17 @@ pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 }
 
 /// Opens access control: the user/token store (the metadata store, through its own connections) and the token
-/// signing key, created on first start in the data directory.
+/// signing key: `auth.signing_key_file` (shared by replicas), or the data directory's, created on first start.
 pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
     let dir = &config.storage.data_dir;
     let store = open_meta(config)?.auth;
-    let key = crate::auth::SigningKey::open(dir)?;
     let a = &config.auth;
+    // A configured file is the replicas' shared key: never replaced by a fresh one here (see `IfMissing::Fail`).
+    let missing = match a.signing_key_file {
+        Some(_) => crate::auth::jwt::IfMissing::Fail,
+        None => crate::auth::jwt::IfMissing::Create,
+    };
+    let key = crate::auth::SigningKey::open(&a.signing_key_path(dir), missing)?;
     let settings = crate::auth::Settings {
         policy: a.compile()?,
         service: a.service.clone(),
@@ -244,23 +249,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         maintenance,
         postgres,
     } = open(&config)?;
-    if let Some(pg) = postgres {
+    if let Some(pg) = &postgres {
         // Fail at start, not at the first request, when the database is unreachable or too new.
         pg.ready()
             .await
             .context("cannot use the PostgreSQL metadata database")?;
     }
-    // The UI's page queries run on their own connections to the same database, like access control's. They exist
-    // for SQLite only so far: with PostgreSQL metadata the UI is off (docs/ui.md).
-    let ui_store: Option<Arc<dyn crate::meta::ui::UiStore>> = match config.storage.metadata {
-        MetadataBackend::Sqlite => Some(Arc::new(
+    // The UI's page queries run on their own connections to the same database, like access control's: a second
+    // SQLite handle on `berth.db`, or the PostgreSQL store's pool.
+    let ui_store: Option<Arc<dyn crate::meta::ui::UiStore>> = match postgres {
+        _ if !config.ui.enabled => None,
+        Some(pg) => Some(pg),
+        None => Some(Arc::new(
             SqliteMetadataStore::open(
                 &config.storage.data_dir.join("berth.db"),
                 config.storage.sqlite_synchronous,
             )
             .context("cannot open metadata database for the web UI")?,
         )),
-        MetadataBackend::Postgres => None,
     };
     registry
         .reclaim_after_restart()
@@ -275,7 +281,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
     mirrors.start_eviction();
-    let ui = ui_store.filter(|_| config.ui.enabled).map(|store| {
+    let ui = ui_store.map(|store| {
         Arc::new(crate::ui::Ui::new(
             store,
             registry.clone(),

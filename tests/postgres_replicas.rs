@@ -2,11 +2,15 @@
 //! and one blob store between them. Runs only with `BERTH_TEST_METADATA=postgres` (the SQLite shape has one server
 //! per data directory, and the rest of the suite covers it); on SQLite each test returns at once.
 
+#[path = "common/auth.rs"]
+mod auth;
 mod common;
 #[path = "common/maint.rs"]
 mod maint;
 #[path = "common/spec.rs"]
 mod spec;
+#[path = "common/ui.rs"]
+mod ui;
 
 use std::sync::Arc;
 
@@ -210,4 +214,72 @@ async fn digest_locks_and_leases_exclude_other_replicas() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(taken.is_some(), "the lease was never released");
+}
+
+/// Access tokens and UI sessions are signed with the key `auth.signing_key_file` names: one file every replica reads,
+/// so a token issued by one replica is accepted by the other. A replica left on its data directory's own key refuses
+/// it, which is why the knob exists.
+#[tokio::test]
+async fn replicas_sharing_the_signing_key_file_accept_each_others_tokens_and_sessions() {
+    if !common::on_postgres() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b, dir_c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let key = tmp.path().join("secrets").join("signing.key");
+    let config = tmp.path().join("berth.toml");
+    // A JSON string is a valid TOML basic string.
+    let key_toml = serde_json::to_string(key.to_str().unwrap()).unwrap();
+    std::fs::write(&config, format!("[auth]\nsigning_key_file = {key_toml}\n")).unwrap();
+    let cfg = config.to_str().unwrap();
+    auth::cli_ok(&dir_a, &["auth", "rotate-key", "--config", cfg], "");
+    assert!(key.exists(), "rotate-key writes the configured file");
+    let a = Berth::start_secure_on(&dir_a, &["--config", cfg]);
+    let b = Berth::start_replica_secure(&dir_b, &a, &["--config", cfg]);
+    let c = Berth::start_replica_secure(&dir_c, &a, &[]);
+    assert!(
+        !dir_a.join("jwt-signing.key").exists(),
+        "with a configured key no per-directory key is made"
+    );
+
+    let (status, body) =
+        auth::fetch_token(&a.url(), &auth::admin(), &["repository:team/app:pull,push"]).await;
+    assert_eq!(status, 200, "{body}");
+    let bearer = auth::Creds::Bearer(body["token"].as_str().unwrap().to_owned());
+    // Issued by A, used to push through B and pull through A again.
+    auth::push_image(&b.url(), &bearer, "team/app", "v1", "shared-key").await;
+    let pull = |base: String| {
+        let bearer = &bearer;
+        async move {
+            let url = format!("{base}/v2/team/app/manifests/v1");
+            let accept = [("Accept", auth::OCI_MANIFEST)];
+            auth::send(reqwest::Method::GET, &url, bearer, &accept, vec![])
+                .await
+                .0
+        }
+    };
+    assert_eq!(pull(a.url()).await, 200);
+    assert_eq!(pull(b.url()).await, 200);
+    assert_eq!(
+        pull(c.url()).await,
+        401,
+        "a replica with its own key refuses the token"
+    );
+
+    // A UI session started on A is a session on B too.
+    let on_a = ui::Session::login(&a, "admin", common::ADMIN_PASSWORD).await;
+    let elsewhere = |r: &Berth| ui::Session {
+        http: common::client(),
+        base: r.url(),
+        cookie: on_a.cookie.clone(),
+    };
+    let (status, html) = elsewhere(&b).get("/ui/tags?repo=team/app").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("data-tag=\"v1\""), "{html}");
+    let (status, _) = elsewhere(&c).get("/ui/tags?repo=team/app").await;
+    assert_eq!(status, 303, "C does not know the session: back to sign-in");
 }

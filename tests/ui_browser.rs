@@ -26,10 +26,6 @@ async fn sign_in(br: &Browser, base: &str, user: &str, password: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_flows_in_headless_chromium() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     if !browser_available() {
         return;
     }

@@ -14,10 +14,6 @@ use ui::{ALICE, BOB, FormExt, Session, XSS_ANNOTATION, XSS_LABEL, admin_reg, see
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_sign_in_sets_a_strict_http_only_session_cookie_and_sign_out_clears_it() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let b = &s.berth;
     let http = common::client();
@@ -94,10 +90,6 @@ async fn ui_sign_in_sets_a_strict_http_only_session_cookie_and_sign_out_clears_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_sign_in_accepts_a_personal_access_token_and_honours_its_scopes() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let token = auth::create_token(&s.berth, ALICE.0, &["team/**:pull"], None);
     let sess = Session::login(&s.berth, ALICE.0, &token).await;
@@ -113,10 +105,6 @@ async fn ui_sign_in_accepts_a_personal_access_token_and_honours_its_scopes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_escapes_labels_and_annotations_from_pushed_manifests() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let sess = Session::login(&s.berth, "admin", common::ADMIN_PASSWORD).await;
     let (status, html) = sess
@@ -157,10 +145,6 @@ async fn ui_escapes_labels_and_annotations_from_pushed_manifests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_hides_repositories_the_user_may_not_pull_and_answers_like_a_missing_one() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let bob = Session::login(&s.berth, BOB.0, BOB.1).await;
     let (_, list) = bob.get("/ui").await;
@@ -218,10 +202,6 @@ async fn ui_hides_repositories_the_user_may_not_pull_and_answers_like_a_missing_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_refuses_posts_without_the_sessions_csrf_token() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let alice = Session::login(&s.berth, ALICE.0, ALICE.1).await;
     let other = Session::login(&s.berth, "admin", common::ADMIN_PASSWORD).await;
@@ -267,10 +247,6 @@ async fn ui_refuses_posts_without_the_sessions_csrf_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_pages_tags_a_hundred_at_a_time() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let b = common::Berth::start_secure(&[]);
     let r = admin_reg(&b);
     let img = r.push_image("many/tags", "", "many").await;
@@ -315,10 +291,6 @@ fn row_bytes(html: &str, tag: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_tag_size_counts_manifest_config_and_layers_and_an_indexs_children() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let b = common::Berth::start_secure(&[]);
     let r = admin_reg(&b);
     let img = r.push_image("sizes/one", "v1", "sizes").await;
@@ -355,10 +327,6 @@ async fn ui_tag_size_counts_manifest_config_and_layers_and_an_indexs_children() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_shows_mirrored_repositories_read_only() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let s = seeded().await;
     let sess = Session::login(&s.berth, "admin", common::ADMIN_PASSWORD).await;
     let (status, html) = sess.get("/ui/tags?repo=up/team/base").await;
@@ -383,10 +351,6 @@ async fn ui_shows_mirrored_repositories_read_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_shows_anonymous_visitors_only_what_anonymous_may_pull_when_browsing_is_open() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let b = auth::secure_berth(
         "[auth]\nanonymous_browse = true\n\n[[auth.policy]]\nrepositories = [\"public/**\"]\npull = [\"@all\"]\n\n\
          [[auth.policy]]\nrepositories = [\"**\"]\npull = [\"@users\"]\npush = [\"@users\"]\n",
@@ -410,10 +374,6 @@ async fn ui_shows_anonymous_visitors_only_what_anonymous_may_pull_when_browsing_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_can_be_turned_off() {
-    if common::on_postgres() {
-        eprintln!("SKIPPED: the web UI's page queries exist for SQLite only (docs/ui.md)");
-        return;
-    }
     let b = auth::secure_berth("[ui]\nenabled = false\n");
     let http = common::client();
     for path in ["/ui", "/ui/login", "/ui/static/berth.css"] {

@@ -95,7 +95,8 @@ pub struct AuthArgs {
 pub enum AuthCommand {
     /// Replace the access-token signing key. Outstanding access tokens stop working at once (a running server
     /// notices the new key file); clients fetch new ones through the usual challenge. Personal access tokens and
-    /// passwords are not affected.
+    /// passwords are not affected. Writes `auth.signing_key_file` when it is set: every replica reading that file
+    /// switches to the new key.
     RotateKey,
 }
 
@@ -253,10 +254,11 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
 
 pub fn run_auth(args: AuthArgs) -> anyhow::Result<()> {
     init_audit_log();
-    let (dir, _) = data_dir(&args.data)?;
+    let (dir, config) = data_dir(&args.data)?;
     match args.command {
         AuthCommand::RotateKey => {
-            let path = super::jwt::write_new_key(&dir)?;
+            let path = config.auth.signing_key_path(&dir);
+            super::jwt::write_new_key(&path)?;
             tracing::info!(target: "audit", event = "signing_key_rotated", path = %path.display(), "token signing key rotated");
             eprintln!(
                 "new signing key written to {}; access tokens signed with the old key are refused from now on",

@@ -1,4 +1,5 @@
-//! Access tokens of the Docker token flow: HS256 JWTs signed with a key that lives in the data directory.
+//! Access tokens of the Docker token flow: HS256 JWTs signed with a key that lives in the data directory, or in
+//! the file `auth.signing_key_file` names (one file every replica reads, so they accept each other's tokens).
 //!
 //! berth is both the issuer and the only verifier of these tokens, so a symmetric key is enough and keeps the key
 //! file a single random secret. The key file is re-read whenever it changes on disk, so `berth auth rotate-key`
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// Issuer claim of every token berth signs.
 pub const ISSUER: &str = "berth";
-const KEY_FILE: &str = "jwt-signing.key";
+/// The key file in the data directory when `auth.signing_key_file` is unset.
+pub const KEY_FILE: &str = "jwt-signing.key";
 /// Clock skew tolerated on `exp`/`nbf`.
 const LEEWAY_SECS: u64 = 5;
 
@@ -53,6 +55,20 @@ pub enum KeyError {
     },
     #[error("signing key {0} is malformed (expected 64 hex digits); rotate it")]
     Malformed(PathBuf),
+    #[error(
+        "signing key file {0} does not exist; write one with `berth auth rotate-key` and give every replica the same file"
+    )]
+    Missing(PathBuf),
+}
+
+/// What [`SigningKey::open`] does when the key file does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Create a fresh key: the data directory's own key, on first start.
+    Create,
+    /// Refuse to start: a configured shared key that is missing (an unmounted secret, a typo) must not be replaced
+    /// by a key only this replica knows, which would make the replicas refuse each other's tokens.
+    Fail,
 }
 
 struct Loaded {
@@ -73,10 +89,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-/// Writes a fresh random key atomically (rename), readable by the owner only.
-pub fn write_new_key(data_dir: &Path) -> Result<PathBuf, KeyError> {
+/// Writes a fresh random key to `path` atomically (a temporary file beside it, then a rename, so readers and
+/// other replicas see the old key or the new one, never a partial file), readable by the owner only.
+pub fn write_new_key(path: &Path) -> Result<(), KeyError> {
     let secret: [u8; 32] = rand::random();
-    write_key(data_dir, &secret)
+    write_key(path, &secret)
 }
 
 /// Gives `to_dir` the signing key of `from_dir` (`migrate-storage`), so access tokens issued before a move stay
@@ -91,14 +108,23 @@ pub fn copy_key(from_dir: &Path, to_dir: &Path) -> Result<bool, KeyError> {
     if to.exists() && read_key(&to).is_ok_and(|existing| existing == secret) {
         return Ok(false);
     }
-    write_key(to_dir, &secret)?;
+    write_key(&to, &secret)?;
     Ok(true)
 }
 
-fn write_key(data_dir: &Path, secret: &[u8]) -> Result<PathBuf, KeyError> {
-    let path = data_dir.join(KEY_FILE);
-    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+fn write_key(path: &Path, secret: &[u8]) -> Result<(), KeyError> {
+    let name = path.file_name().ok_or_else(|| KeyError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut tmp_name = name.to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
     {
         use std::io::Write;
         let mut opts = std::fs::OpenOptions::new();
@@ -110,8 +136,8 @@ fn write_key(data_dir: &Path, secret: &[u8]) -> Result<PathBuf, KeyError> {
             .map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
 }
 
 /// Modification time, size and inode: a rotation renames a new file into place, so the inode alone changes even
@@ -137,11 +163,14 @@ fn read_key(path: &Path) -> Result<Vec<u8>, KeyError> {
 }
 
 impl SigningKey {
-    /// Opens the key in `data_dir`, creating one on first start.
-    pub fn open(data_dir: &Path) -> Result<SigningKey, KeyError> {
-        let path = data_dir.join(KEY_FILE);
+    /// Opens the key at `path`; when the file does not exist, creates one or fails as `missing` says.
+    pub fn open(path: &Path, missing: IfMissing) -> Result<SigningKey, KeyError> {
+        let path = path.to_owned();
         if !path.exists() {
-            write_new_key(data_dir)?;
+            if missing == IfMissing::Fail {
+                return Err(KeyError::Missing(path));
+            }
+            write_new_key(&path)?;
             tracing::info!(path = %path.display(), "created a new token signing key");
         }
         let secret = read_key(&path)?;
@@ -216,7 +245,8 @@ mod tests {
     #[test]
     fn signs_and_verifies_and_refuses_everything_else() {
         let dir = tempfile::tempdir().unwrap();
-        let k = SigningKey::open(dir.path()).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let k = SigningKey::open(&path, IfMissing::Create).unwrap();
         let now = crate::meta::now();
         let t = k.sign(&claims("berth", now + 60)).unwrap();
         assert_eq!(k.verify(&t, "berth").unwrap().sub, "alice");
@@ -231,7 +261,28 @@ mod tests {
         assert!(k.verify(&none, "berth").is_err(), "alg none");
         // a rotated key invalidates outstanding tokens
         std::thread::sleep(std::time::Duration::from_millis(20));
-        write_new_key(dir.path()).unwrap();
+        write_new_key(&path).unwrap();
         assert!(k.verify(&t, "berth").is_err(), "old key");
+    }
+
+    #[test]
+    fn a_configured_key_file_is_never_created_and_is_shared_by_every_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets").join("signing.key");
+        assert!(matches!(
+            SigningKey::open(&path, IfMissing::Fail),
+            Err(KeyError::Missing(_))
+        ));
+        assert!(!path.exists(), "a missing shared key is not replaced");
+        write_new_key(&path).unwrap();
+        // Two openers of one file (two replicas): a token one signs, the other accepts.
+        let (a, b) = (
+            SigningKey::open(&path, IfMissing::Fail).unwrap(),
+            SigningKey::open(&path, IfMissing::Fail).unwrap(),
+        );
+        let t = a.sign(&claims("berth", crate::meta::now() + 60)).unwrap();
+        assert_eq!(b.verify(&t, "berth").unwrap().sub, "alice");
+        let own = SigningKey::open(&dir.path().join(KEY_FILE), IfMissing::Create).unwrap();
+        assert!(own.verify(&t, "berth").is_err(), "another key refuses it");
     }
 }

@@ -177,6 +177,16 @@ impl Berth {
     /// object store would hold the blobs. Each replica keeps its own `tmp/` (a starting replica clears its staging
     /// files) and `berth.lock`.
     pub fn start_replica(data_dir: &Path, of: &Berth, extra: &[&str]) -> Berth {
+        Self::replica(data_dir, of, extra, true)
+    }
+
+    /// [`Berth::start_replica`] with berth's secure defaults, like [`Berth::start_secure`] (the replica shares the
+    /// users of `of`, which live in the database).
+    pub fn start_replica_secure(data_dir: &Path, of: &Berth, extra: &[&str]) -> Berth {
+        Self::replica(data_dir, of, extra, false)
+    }
+
+    fn replica(data_dir: &Path, of: &Berth, extra: &[&str], open_access: bool) -> Berth {
         std::fs::create_dir_all(data_dir).expect("create replica data dir");
         // On the object store the replicas share one bucket (the links below then only cover uploads' spools).
         share_bucket(data_dir, &of.data_dir);
@@ -186,7 +196,7 @@ impl Berth {
             std::os::unix::fs::symlink(&shared, data_dir.join(sub)).expect("link shared dir");
         }
         let port = free_port();
-        let child = Self::command(port, data_dir, &of.metadata_dir, extra, true)
+        let child = Self::command(port, data_dir, &of.metadata_dir, extra, open_access)
             .spawn()
             .expect("spawn berth replica");
         let mut b = Berth {
@@ -196,7 +206,7 @@ impl Berth {
             metadata_dir: of.metadata_dir.clone(),
             _tmp: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            open_access: true,
+            open_access,
         };
         b.wait_ready();
         b

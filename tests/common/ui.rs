@@ -73,18 +73,27 @@ fn rich_config(seed: &str) -> Vec<u8> {
 pub async fn push_rich(r: &Reg, repo: &str, reference: &str, seed: &str) -> String {
     let config = rich_config(seed);
     r.push_blob(repo, &config).await;
-    let l1 = format!("layer-one-{seed}").into_bytes();
-    let l2 = vec![b'x'; 4096];
+    let (l1, l2) = rich_layers(seed);
     r.push_blob(repo, &l1).await;
     r.push_blob(repo, &l2).await;
-    let body = serde_json::to_vec(&json!({
+    r.push_manifest(repo, reference, OCI_MANIFEST, &rich_manifest(seed))
+        .await
+}
+
+fn rich_layers(seed: &str) -> (Vec<u8>, Vec<u8>) {
+    (format!("layer-one-{seed}").into_bytes(), vec![b'x'; 4096])
+}
+
+/// The manifest `push_rich` pushes for `seed`.
+fn rich_manifest(seed: &str) -> Vec<u8> {
+    let (l1, l2) = rich_layers(seed);
+    serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": desc(OCI_CONFIG, &config),
+        "config": desc(OCI_CONFIG, &rich_config(seed)),
         "layers": [desc(OCI_LAYER, &l1), desc(OCI_LAYER, &l2)],
         "annotations": {"org.opencontainers.image.description": XSS_ANNOTATION}
     }))
-    .unwrap();
-    r.push_manifest(repo, reference, OCI_MANIFEST, &body).await
+    .unwrap()
 }
 
 /// A platform image (by digest) for an index; returns its descriptor.
@@ -102,18 +111,18 @@ async fn platform_image(r: &Reg, repo: &str, arch: &str) -> Value {
            "platform": {"os": "linux", "architecture": arch}})
 }
 
-/// An artifact referring to `subject`; returns its digest.
+/// An artifact referring to `subject` of `size` bytes; returns its digest. The size is passed in, not read back:
+/// reading the subject would count as a pull, and the tests check that pushed images show "never" pulled.
 pub async fn push_referrer(
     r: &Reg,
     repo: &str,
     subject: &str,
+    size: usize,
     artifact_type: &str,
     payload: &[u8],
 ) -> String {
     r.push_blob(repo, b"{}").await;
     r.push_blob(repo, payload).await;
-    let subject_body = r.get(&format!("/v2/{repo}/manifests/{subject}")).await;
-    let size = subject_body.bytes().await.unwrap().len();
     let body = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
         "config": desc(OCI_EMPTY, b"{}"),
@@ -178,11 +187,13 @@ keep_tags = ["latest"]
     let index = r
         .push_manifest("team/multi", "1.0", OCI_INDEX, &index)
         .await;
-    let signature = push_referrer(&r, "team/app", &v1, SIG_TYPE, b"signature-bytes").await;
+    let v1_size = rich_manifest("one").len();
+    let signature = push_referrer(&r, "team/app", &v1, v1_size, SIG_TYPE, b"signature-bytes").await;
     let sbom = push_referrer(
         &r,
         "team/app",
         &v1,
+        v1_size,
         SBOM_TYPE,
         b"{\"spdxVersion\":\"SPDX-2.3\"}",
     )

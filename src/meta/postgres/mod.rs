@@ -19,6 +19,7 @@
 mod auth;
 mod maint;
 mod schema;
+mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
