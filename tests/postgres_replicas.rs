@@ -336,7 +336,7 @@ fn mirroring_replicas(tmp: &tempfile::TempDir, up: &upstream::Upstream) -> (Bert
         ],
     );
     std::fs::write(&cfg, toml).unwrap();
-    two_replicas(&tmp, &["--config", cfg.to_str().unwrap()])
+    two_replicas(tmp, &["--config", cfg.to_str().unwrap()])
 }
 
 /// GETs `url` to the end; asserts a 200 whose body is exactly `want`.
