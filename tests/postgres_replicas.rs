@@ -579,6 +579,7 @@ async fn replica_killed_mid_gc_hands_the_lease_over() {
     // a's run finds the untagged manifest (older than the 1 s TTL) and waits for the lock.
     let waiting = format!(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND classid = {} AND objid = {}",
         space as u32, key as u32
     );
@@ -598,6 +599,7 @@ async fn replica_killed_mid_gc_hands_the_lease_over() {
     };
     let lease_held = format!(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND classid = {} AND objid = {lease_key}",
         0x6265_0005u32
     );
@@ -688,6 +690,12 @@ async fn pushes_on_one_replica_while_the_other_collects() {
     let cfg_a = maint::config(&cfg_a_dir, "");
     let cfg_b =
         maint::scheduled_config(&cfg_b_dir, "torture/*", "delete_untagged_after = \"1s\"\n");
+    // Pushes through two replicas onto the object store take longer than on one local disk: a 1 s grace would
+    // take the blobs of most pushes before their manifest arrives (they would be retried, never wrong).
+    for cfg in [&cfg_a, &cfg_b] {
+        let toml = std::fs::read_to_string(cfg).unwrap();
+        std::fs::write(cfg, toml.replace("grace = \"1s\"", "grace = \"3s\"")).unwrap();
+    }
     let a = Berth::start_on(
         &tmp.path().join("a"),
         &["--config", cfg_a.to_str().unwrap()],
@@ -737,7 +745,7 @@ async fn pushes_on_one_replica_while_the_other_collects() {
     );
 
     // Let b's scheduler run once more with nothing else going on, then everything must be whole.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_deep_scrub_clean(&cfg_b, &b, &a);
     for r in [&a, &b] {
         let (tags, problems) = workload::verify_all_tags(&r.url(), &repos).await;
