@@ -765,3 +765,83 @@ async fn pushes_on_one_replica_while_the_other_collects() {
         );
     }
 }
+
+/// A client that gives up in the middle of a chunk on one replica does not block its session: the replica gives
+/// the claim back (the session's row names no writer again, which expiry alone would not do), and the client
+/// continues from the committed length on the other replica.
+#[tokio::test]
+async fn chunk_abandoned_on_one_replica_continues_on_the_other() {
+    if skip_unless_postgres("chunk_abandoned_on_one_replica_continues_on_the_other") {
+        return;
+    }
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_replicas(&tmp, &[]);
+    let (ra, rb) = (reg(&a), reg(&b));
+    let data = pseudo_random(41, 12 << 20);
+    let digest = spec::sha256(&data);
+    let first = 1 << 20;
+    let loc = ra.start_upload("abandon/app").await;
+    let resp = ra
+        .patch(&loc, &data[..first], Some(&format!("0-{}", first - 1)))
+        .await;
+    assert_eq!(resp.status(), 202);
+    let path = loc.strip_prefix(&a.url()).unwrap().to_owned();
+    let id = path
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut conn = tokio::net::TcpStream::connect(a.host()).await.unwrap();
+    let rest = &data[first..];
+    conn.write_all(
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {}\r\nContent-Range: {first}-{}\r\n\r\n",
+            a.host(),
+            rest.len(),
+            data.len() - 1
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    conn.write_all(&rest[..rest.len() / 2]).await.unwrap();
+    conn.flush().await.unwrap();
+    // Wait until a holds the claim, then hang up.
+    let writer = format!("SELECT writer IS NOT NULL FROM upload WHERE id = '{id}'");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::psql(&a.data_dir, &writer).trim() != "t" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica a never claimed the session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    while common::psql(&a.data_dir, &writer).trim() != "f" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica a kept its claim"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let lb = on(&rb, &a, &loc);
+    let resp = rb.get(&lb).await;
+    assert_eq!(
+        spec::header(&resp, "range").as_deref(),
+        Some(format!("0-{}", first - 1).as_str())
+    );
+    let resp = rb
+        .patch(&lb, rest, Some(&format!("{first}-{}", data.len() - 1)))
+        .await;
+    assert_eq!(resp.status(), 202);
+    let loc = spec::must_header(&resp, "location");
+    spec::expect_status(rb.put_upload(&loc, &digest, &[]).await, 201).await;
+    let resp = ra.get(&format!("/v2/abandon/app/blobs/{digest}")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().as_ref() == data.as_slice());
+}

@@ -279,13 +279,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError>;
 
     /// Replicas: takes the right to write the next chunk of upload `id` for `writer` during `ttl`, if the session
-    /// still stands at `offset` committed bytes and no other writer holds an unexpired claim. False otherwise.
-    /// Only called for sessions whose record has `committed` (the default, for a single process, grants it).
+    /// still stands at `offset` committed bytes and no other writer holds an unexpired claim. A claim whose writer
+    /// starts with `stale_prefix` is taken over whatever its expiry (the caller knows such claims are dead). False
+    /// otherwise. Only called for sessions whose record has `committed` (the default, for a single process,
+    /// grants it).
     async fn claim_upload(
         &self,
         _id: &str,
         _offset: u64,
         _writer: &str,
+        _stale_prefix: &str,
         _ttl: std::time::Duration,
     ) -> Result<bool, MetaError> {
         Ok(true)

@@ -77,9 +77,26 @@ fn hashing(
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 const CLAIM_RENEW: Duration = Duration::from_secs(5);
 
-/// This request's right to write a session shared between replicas.
+/// This request's right to write a session shared between replicas. Dropped without `release` (the request was
+/// abandoned mid-chunk), it gives the claim back with the session unchanged, so other replicas need not wait for
+/// it to expire.
 struct ChunkClaim {
     writer: String,
+    id: String,
+    start: u64,
+    meta: Option<Arc<dyn crate::meta::MetadataStore>>,
+}
+
+impl Drop for ChunkClaim {
+    fn drop(&mut self) {
+        let Some(meta) = self.meta.take() else { return };
+        let (id, writer, start) = (self.id.clone(), self.writer.clone(), self.start);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = meta.release_upload(&id, &writer, start).await;
+            });
+        }
+    }
 }
 
 fn new_upload_id() -> String {
@@ -175,13 +192,21 @@ impl Registry {
         if rec.committed.is_none() {
             return Ok(None);
         }
-        let writer = new_upload_id();
+        // This replica's earlier claims are dead: requests of this process for one session are serialised by its
+        // slot lock, held across claim and release, and the process of the replica before a restart is gone.
+        let prefix = format!("{}/", self.replica_id);
+        let writer = format!("{prefix}{}", new_upload_id());
         if self
             .meta
-            .claim_upload(&rec.id, offset, &writer, CLAIM_TTL)
+            .claim_upload(&rec.id, offset, &writer, &prefix, CLAIM_TTL)
             .await?
         {
-            return Ok(Some(ChunkClaim { writer }));
+            return Ok(Some(ChunkClaim {
+                writer,
+                id: rec.id.clone(),
+                start: offset,
+                meta: Some(self.meta.clone()),
+            }));
         }
         match self.meta.upload(&rec.id).await? {
             Some(now) => Err(RegistryError::UploadOutOfOrder {
@@ -231,7 +256,10 @@ impl Registry {
         claim: Option<ChunkClaim>,
         offset: u64,
     ) -> Result<(), RegistryError> {
-        let Some(claim) = claim else { return Ok(()) };
+        let Some(mut claim) = claim else {
+            return Ok(());
+        };
+        claim.meta = None;
         if self.meta.release_upload(id, &claim.writer, offset).await? {
             Ok(())
         } else {

@@ -1298,6 +1298,7 @@ impl MetadataStore for PgMetadataStore {
         id: &str,
         offset: u64,
         writer: &str,
+        stale_prefix: &str,
         ttl: Duration,
     ) -> Result<bool, MetaError> {
         let c = self.conn().await?;
@@ -1306,8 +1307,15 @@ impl MetadataStore for PgMetadataStore {
             "UPDATE upload SET writer = $3,
                  writer_until = extract(epoch FROM clock_timestamp())::BIGINT + $4
              WHERE id = $1 AND committed = $2
-               AND (writer IS NULL OR writer_until < extract(epoch FROM clock_timestamp())::BIGINT)",
-            &[&id, &to_i64(offset)?, &writer, &to_i64(ttl.as_secs())?],
+               AND (writer IS NULL OR writer_until < extract(epoch FROM clock_timestamp())::BIGINT
+                    OR starts_with(writer, $5))",
+            &[
+                &id,
+                &to_i64(offset)?,
+                &writer,
+                &to_i64(ttl.as_secs())?,
+                &stale_prefix,
+            ],
         )
         .await?;
         Ok(n == 1)
