@@ -436,6 +436,9 @@ impl Registry {
         };
         // Deleting the row ends the claim.
         self.meta.delete_upload(id).await?;
+        if let Some(mut claim) = claim {
+            claim.meta = None;
+        }
         *guard = None;
         drop(guard);
         self.uploads.forget(id);
