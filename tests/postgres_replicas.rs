@@ -766,8 +766,8 @@ async fn pushes_on_one_replica_while_the_other_collects() {
     }
 }
 
-/// A client that gives up in the middle of a chunk on one replica does not block its session: the replica gives
-/// the claim back (the session's row names no writer again, which expiry alone would not do), and the client
+/// Two replicas never write one session at once, and a client that gives up in the middle of a chunk on one
+/// replica does not block its session: the replica gives the claim back (the session's row names no writer again, which expiry alone would not do), and the client
 /// continues from the committed length on the other replica.
 #[tokio::test]
 async fn chunk_abandoned_on_one_replica_continues_on_the_other() {
@@ -821,6 +821,12 @@ async fn chunk_abandoned_on_one_replica_continues_on_the_other() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // While a writes the chunk, b refuses to write the same session (it would clobber a's bytes).
+    let lb = on(&rb, &a, &loc);
+    let resp = rb
+        .patch(&lb, rest, Some(&format!("{first}-{}", data.len() - 1)))
+        .await;
+    assert_eq!(resp.status(), 416, "a second writer of one session");
     drop(conn);
     while common::psql(&a.data_dir, &writer).trim() != "f" {
         assert!(
@@ -829,7 +835,6 @@ async fn chunk_abandoned_on_one_replica_continues_on_the_other() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let lb = on(&rb, &a, &loc);
     let resp = rb.get(&lb).await;
     assert_eq!(
         spec::header(&resp, "range").as_deref(),
