@@ -118,6 +118,35 @@ pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
 /// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
 /// maintenance commands open them the same way, so they share the cross-process digest locks (the data
 /// directory's lock file on one host; PostgreSQL advisory locks across replicas).
+/// The identity of the replica serving `dir`, created on first use (`replica-id` in the data directory). Replicas
+/// sharing a metadata store each have their own data directory, hence their own id.
+fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    // Written whole under a temporary name, then linked into place only if absent: a process starting beside
+    // another (a command-line run) ends up with the same id, never a torn one.
+    let tmp = dir.join(format!("replica-id.{id}"));
+    std::fs::write(&tmp, &id)?;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+        std::fs::remove_file(&path)?;
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    std::fs::remove_file(&tmp)?;
+    match linked {
+        Ok(()) => Ok(id),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
@@ -131,7 +160,9 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let mut registry =
         Registry::new(blobs, stores.meta.clone(), limits).with_lock_file(dir.join("digest.locks"));
     if stores.postgres.is_some() {
-        registry = registry.with_store_locks();
+        registry = registry
+            .with_store_locks()
+            .with_replica_id(replica_id(dir).context("cannot read the replica id")?);
     }
     let registry = Arc::new(registry);
     let maintenance = Arc::new(Maintenance::new(registry.clone(), stores.maint));

@@ -102,9 +102,12 @@ pub fn start(maint: Arc<Maintenance>, config: &Config, policies: Vec<Policy>) {
     every("gc", config.gc.interval, config.gc.jitter, move || {
         let (m, gc) = (m.clone(), gc.clone());
         async move {
-            if let Err(e) = m.gc(&gc, &Quiet).await {
-                tracing::error!(error = %e, "scheduled garbage collection failed");
-            }
+            leased(&m, "gc", async {
+                if let Err(e) = m.gc(&gc, &Quiet).await {
+                    tracing::error!(error = %e, "scheduled garbage collection failed");
+                }
+            })
+            .await
         }
     });
     if !policies.is_empty() {

@@ -116,6 +116,10 @@ pub struct UploadRecord {
     pub repo: RepoName,
     pub algorithm: Algorithm,
     pub started_at: i64,
+    /// Bytes of the session received whole, as recorded in the store when sessions are shared between replicas
+    /// (PostgreSQL): the session's authority, against which a replica checks the hash state it keeps in memory.
+    /// `None` where the serving process is the only writer (SQLite) and its own state is the authority.
+    pub committed: Option<u64>,
 }
 
 /// Pagination of a lexically ordered listing.
@@ -275,12 +279,68 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Ids of sessions started before `started_before` (unix seconds).
     async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError>;
 
+    /// Replicas: takes the right to write the next chunk of upload `id` for `writer` during `ttl`, if the session
+    /// still stands at `offset` committed bytes and no other writer holds an unexpired claim. A claim whose writer
+    /// starts with `stale_prefix` is taken over whatever its expiry (the caller knows such claims are dead). False
+    /// otherwise. Only called for sessions whose record has `committed` (the default, for a single process,
+    /// grants it).
+    async fn claim_upload(
+        &self,
+        _id: &str,
+        _offset: u64,
+        _writer: &str,
+        _stale_prefix: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, MetaError> {
+        Ok(true)
+    }
+
+    /// Replicas: extends `writer`'s claim on upload `id` by `ttl` from now. False when the claim was lost.
+    async fn renew_upload_claim(
+        &self,
+        _id: &str,
+        _writer: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, MetaError> {
+        Ok(true)
+    }
+
+    /// Replicas: ends `writer`'s claim on upload `id`, recording `offset` as the session's committed length. False
+    /// when the claim was lost (expired and taken, or the session is gone): the chunk then counts as not received.
+    async fn release_upload(
+        &self,
+        _id: &str,
+        _writer: &str,
+        _offset: u64,
+    ) -> Result<bool, MetaError> {
+        Ok(true)
+    }
+
     /// Excludes other replicas sharing this store from changing `digest`'s bytes and row until the returned lock
     /// is dropped (the registry's digest lock, `registry::DigestLocks`). `None`: the store has no replicas to
     /// exclude (SQLite: one host, where the data directory's lock file excludes other processes).
     async fn lock_digest(&self, _digest: &Digest) -> Result<Option<StoreLock>, MetaError> {
         Ok(None)
     }
+
+    /// Mirrors: the lease on downloading `key` (a mirror's blob) from the upstream, so that one replica fetches it
+    /// while the others wait for its commit. Never waits; held until dropped, and released by the database if
+    /// the holder dies. `NotShared` where there is nobody to coordinate with (SQLite), or when every connection
+    /// for leases is taken: the caller then fetches on its own.
+    async fn try_lease_fetch(&self, _key: &str) -> Result<FetchLease, MetaError> {
+        Ok(FetchLease::NotShared)
+    }
+}
+
+/// Outcome of [`MetadataStore::try_lease_fetch`].
+#[derive(Debug)]
+pub enum FetchLease {
+    /// This process holds the lease until the lock is dropped.
+    Granted(StoreLock),
+    /// Another replica holds it.
+    HeldElsewhere,
+    /// No coordination: fetch alone.
+    NotShared,
 }
 
 /// A lock held in the metadata store for this process (a digest lock, a maintenance lease); released on drop.

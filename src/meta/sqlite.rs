@@ -1081,6 +1081,7 @@ impl MetadataStore for SqliteMetadataStore {
                         .parse()
                         .map_err(|e| MetaError::Corrupt(format!("upload algorithm: {e}")))?,
                     started_at,
+                    committed: None,
                 })
             })
             .transpose()

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config;
-use crate::meta::{ManifestRecord, now};
+use crate::meta::{FetchLease, ManifestRecord, now};
 use crate::oci::{Digest, Reference, RepoName, manifest, name::Tag};
 use crate::registry::{BlobDownload, ByteRange, Registry, RegistryError, StoredManifest};
 use crate::store::ByteStream;
 pub use eviction::EvictionPass;
 use fetch::{Fetch, FetchState};
 use upstream::{Upstream, UpstreamError};
+
+/// How often a replica waiting for another replica's manifest fetch looks again.
+const MANIFEST_FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// A resolved mirror manifest: its record when the lookup already produced it, else its digest.
 enum Found {
@@ -219,7 +222,7 @@ impl Mirrors {
                 if let Some(rec) = meta.manifest(repo, d).await? {
                     return Ok((Found::Record(rec), "hit"));
                 }
-                self.fetch_manifest(m, up, repo, &d.to_string(), Some(d), None)
+                self.fetch_manifest_once(m, up, repo, &d.to_string(), Some(d), None)
                     .await
                     .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
                 return Ok((Found::Digest(d.clone()), "miss"));
@@ -245,7 +248,7 @@ impl Mirrors {
             };
         }
         let d = self
-            .fetch_manifest(m, up, repo, tag.as_str(), None, Some(tag))
+            .fetch_manifest_once(m, up, repo, tag.as_str(), None, Some(tag))
             .await
             .map_err(|e| map_upstream(e, what, RegistryError::ManifestUnknown))?;
         Ok((Found::Digest(d), "miss"))
@@ -274,7 +277,7 @@ impl Mirrors {
                 .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
             return Ok(cached.digest.clone());
         }
-        self.fetch_manifest(
+        self.fetch_manifest_once(
             m,
             up,
             repo,
@@ -284,6 +287,68 @@ impl Mirrors {
             Some(tag),
         )
         .await
+    }
+
+    /// [`Self::fetch_manifest`], once across replicas: under a lease on (mirror, name, reference), so that a replica
+    /// missing the same manifest meanwhile waits for the holder and reads what it cached instead of asking the
+    /// upstream too. Waits at most for the upstream's response timeout twice, then fetches on its own.
+    async fn fetch_manifest_once(
+        &self,
+        m: &Mirror,
+        up: &RepoName,
+        repo: &RepoName,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Result<Digest, UpstreamError> {
+        let meta = self.registry.metadata_store();
+        let key = format!("{}\nmanifest\n{up}:{reference}", m.name);
+        let started = now();
+        let deadline = tokio::time::Instant::now() + 2 * m.upstream.response_timeout;
+        // What another replica cached since this request began waiting.
+        let cached = || async {
+            let found = match (expected, tag) {
+                (Some(d), _) => meta.manifest(repo, d).await.map(|r| r.map(|r| r.digest)),
+                (None, Some(t)) => meta.cached_tag(repo, t).await.map(|r| {
+                    r.filter(|(_, fetched_at)| *fetched_at >= started)
+                        .map(|(r, _)| r.digest)
+                }),
+                (None, None) => Ok(None),
+            };
+            found.map_err(|e| UpstreamError::BadResponse(format!("cannot read cache: {e}")))
+        };
+        loop {
+            let lease = meta.try_lease_fetch(&key).await.unwrap_or_else(|e| {
+                tracing::warn!(mirror = %m.name, error = %e, "no manifest lease; fetching without coordinating");
+                FetchLease::NotShared
+            });
+            match lease {
+                FetchLease::NotShared => {
+                    return self
+                        .fetch_manifest(m, up, repo, reference, expected, tag)
+                        .await;
+                }
+                FetchLease::Granted(_lease) => {
+                    if let Some(d) = cached().await? {
+                        return Ok(d);
+                    }
+                    return self
+                        .fetch_manifest(m, up, repo, reference, expected, tag)
+                        .await;
+                }
+                FetchLease::HeldElsewhere => {
+                    if let Some(d) = cached().await? {
+                        return Ok(d);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return self
+                            .fetch_manifest(m, up, repo, reference, expected, tag)
+                            .await;
+                    }
+                    tokio::time::sleep(MANIFEST_FOLLOW_POLL).await;
+                }
+            }
+        }
     }
 
     /// GETs a manifest, verifies its bytes against the expected digest (or the upstream's `Docker-Content-Digest`),
@@ -427,6 +492,7 @@ impl Mirrors {
         let (fetch, started) = self.join_or_start(m, &up, &repo, digest);
         let label = if started { "miss" } else { "joined" };
         let mut state = fetch.state.clone();
+        let headers_by = tokio::time::Instant::now() + fetch::FOLLOW_HEADERS_AFTER;
         loop {
             let st = state.borrow_and_update().clone();
             match st {
@@ -435,6 +501,29 @@ impl Mirrors {
                         && matches!(*state.borrow(), FetchState::Connecting)
                     {
                         return Err(RegistryError::Upstream(format!("{what}: fetch abandoned")));
+                    }
+                }
+                FetchState::Following => {
+                    match tokio::time::timeout_at(headers_by, state.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) if matches!(*state.borrow(), FetchState::Following) => {
+                            return Err(RegistryError::Upstream(format!(
+                                "{what}: fetch abandoned"
+                            )));
+                        }
+                        Ok(Err(_)) => {}
+                        // Another replica is still downloading: answer now, send the bytes once they are here.
+                        Err(_) => {
+                            let body = fetch::follow(
+                                self.registry.clone(),
+                                repo.clone(),
+                                m.name.clone(),
+                                digest.clone(),
+                                fetch.upload_id.clone(),
+                                fetch.state.clone(),
+                            );
+                            return Ok((MirrorBlob::Streaming { len: None, body }, label));
+                        }
                     }
                 }
                 FetchState::Failed(e) => return Err(map_upstream(e, what, missing)),
@@ -497,12 +586,6 @@ impl Mirrors {
             digest: digest.clone(),
             upload_id: f.upload_id.clone(),
         };
-        crate::metrics::metrics()
-            .mirror_upstream_fetches
-            .get_or_create(&crate::metrics::MirrorName {
-                mirror: m.name.clone(),
-            })
-            .inc();
         tokio::spawn(download.run(tx));
         (f, true)
     }

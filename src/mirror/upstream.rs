@@ -50,7 +50,7 @@ pub struct Upstream {
     base: String,
     client: reqwest::Client,
     credentials: Option<(String, String)>,
-    response_timeout: Duration,
+    pub response_timeout: Duration,
     pub idle_timeout: Duration,
     tokens: parking_lot::Mutex<HashMap<String, CachedToken>>,
     /// Set once the upstream answered with a Basic challenge: from then on credentials are sent up front.

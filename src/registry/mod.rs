@@ -41,6 +41,9 @@ pub struct Registry {
     /// Manifests pulled since the last flush; see `flush_pulls`.
     pulls: Mutex<HashSet<(RepoName, Digest)>>,
     immutable_tags: std::sync::OnceLock<TagRule>,
+    /// Names this process's claims on shared upload sessions (see `uploads`): the replica's identity when it has
+    /// one (`with_replica_id`), else random.
+    replica_id: String,
 }
 
 /// Decides which repositories have immutable tags (from the access policy; see `set_immutable_tags`).
@@ -94,7 +97,16 @@ impl Registry {
             digest_locks: DigestLocks::default(),
             pulls: Default::default(),
             immutable_tags: std::sync::OnceLock::new(),
+            replica_id: uuid::Uuid::new_v4().simple().to_string(),
         }
+    }
+
+    /// Sets the identity of the replica (one per data directory, which only one process at a time may serve):
+    /// claims on upload sessions left by a previous process of the same replica, killed mid-chunk, are then taken
+    /// over at once after a restart instead of when they expire.
+    pub fn with_replica_id(mut self, id: String) -> Registry {
+        self.replica_id = id;
+        self
     }
 
     /// Makes digest locks exclude other processes sharing `file` (the data directory's lock file), so command-line

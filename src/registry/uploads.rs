@@ -3,9 +3,15 @@
 //! Bytes are hashed as they arrive and appended to the session's temporary object; the hash state stays in memory
 //! and is rebuilt from the stored bytes after a restart. A chunk is all-or-nothing: if the body breaks off or does
 //! not match its `Content-Range`, the session's offset and hash state are rolled back.
+//!
+//! With replicas (PostgreSQL), any replica may receive the next request of a session: the session row records the
+//! committed length, and a chunk is written under a claim on the row (`MetadataStore::claim_upload`) that keeps
+//! other replicas from writing the same session meanwhile. A replica whose in-memory state is not at the committed
+//! length (another replica took chunks since) rebuilds it from the stored bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 
@@ -65,6 +71,34 @@ fn hashing(
     }))
 }
 
+/// How long a replica's claim on a session lasts without renewal. A replica that dies mid-chunk blocks the session
+/// for at most this long; a live one renews every [`CLAIM_RENEW`], and abandons the chunk as soon as a renewal fails,
+/// long before its claim could expire and another replica write the same bytes.
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+const CLAIM_RENEW: Duration = Duration::from_secs(5);
+
+/// This request's right to write a session shared between replicas. Dropped without `release` (the request was
+/// abandoned mid-chunk), it gives the claim back with the session unchanged, so other replicas need not wait for
+/// it to expire.
+struct ChunkClaim {
+    writer: String,
+    id: String,
+    start: u64,
+    meta: Option<Arc<dyn crate::meta::MetadataStore>>,
+}
+
+impl Drop for ChunkClaim {
+    fn drop(&mut self) {
+        let Some(meta) = self.meta.take() else { return };
+        let (id, writer, start) = (self.id.clone(), self.writer.clone(), self.start);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = meta.release_upload(&id, &writer, start).await;
+            });
+        }
+    }
+}
+
 fn new_upload_id() -> String {
     // 122 random bits: unguessable, and safe as a file name.
     uuid::Uuid::new_v4().simple().to_string()
@@ -84,6 +118,7 @@ impl Registry {
             repo: repo.clone(),
             algorithm,
             started_at: now(),
+            committed: Some(0),
         };
         if let Err(e) = self.meta.create_upload(&rec).await {
             let _ = self.blobs.delete_upload(&id).await;
@@ -105,13 +140,15 @@ impl Registry {
     }
 
     /// Loads the session's state, rebuilding the hash from stored bytes when this process has not seen it
-    /// (after a restart).
+    /// (after a restart) or is behind the session's committed length (another replica received chunks since).
     async fn load_state(
         &self,
         rec: &UploadRecord,
         slot: &mut Option<UploadState>,
     ) -> Result<(), RegistryError> {
-        if slot.is_some() {
+        if let Some(s) = slot.as_ref()
+            && rec.committed.is_none_or(|c| c == s.offset)
+        {
             return Ok(());
         }
         let mut hasher = rec.algorithm.hasher();
@@ -121,13 +158,115 @@ impl Registry {
             Err(StoreError::NotFound) => return Err(RegistryError::BlobUploadUnknown),
             Err(e) => return Err(e.into()),
         };
-        while let Some(chunk) = stream.next().await {
+        // Bytes past the committed length belong to a chunk that was never acknowledged: the next append cuts
+        // them off.
+        let limit = rec.committed.unwrap_or(u64::MAX);
+        while offset < limit
+            && let Some(chunk) = stream.next().await
+        {
             let chunk = chunk.map_err(StoreError::from)?;
-            hasher.update(&chunk);
-            offset += chunk.len() as u64;
+            let keep = chunk
+                .len()
+                .min(usize::try_from(limit - offset).unwrap_or(usize::MAX));
+            hasher.update(&chunk[..keep]);
+            offset += keep as u64;
+        }
+        if rec.committed.is_some_and(|c| c != offset) {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "upload {}: {offset} bytes stored, {limit} committed",
+                rec.id
+            )))
+            .into());
         }
         *slot = Some(UploadState { offset, hasher });
         Ok(())
+    }
+
+    /// Claims a shared session for one request (`None` for a session only this process writes). Refused while
+    /// another replica writes it, or when it moved past `offset`: the client is told where it stands.
+    async fn claim(
+        &self,
+        rec: &UploadRecord,
+        offset: u64,
+    ) -> Result<Option<ChunkClaim>, RegistryError> {
+        if rec.committed.is_none() {
+            return Ok(None);
+        }
+        // This replica's earlier claims are dead: requests of this process for one session are serialised by its
+        // slot lock, held across claim and release, and the process of the replica before a restart is gone.
+        let prefix = format!("{}/", self.replica_id);
+        let writer = format!("{prefix}{}", new_upload_id());
+        if self
+            .meta
+            .claim_upload(&rec.id, offset, &writer, &prefix, CLAIM_TTL)
+            .await?
+        {
+            return Ok(Some(ChunkClaim {
+                writer,
+                id: rec.id.clone(),
+                start: offset,
+                meta: Some(self.meta.clone()),
+            }));
+        }
+        match self.meta.upload(&rec.id).await? {
+            Some(now) => Err(RegistryError::UploadOutOfOrder {
+                offset: now.committed.unwrap_or(offset),
+            }),
+            None => Err(RegistryError::BlobUploadUnknown),
+        }
+    }
+
+    /// Runs `work` while keeping `claim` alive; abandons it (dropping `work`) as soon as the claim cannot be
+    /// renewed, so this replica never writes a session that another one may have claimed since.
+    async fn while_claimed<T>(
+        &self,
+        id: &str,
+        claim: Option<&ChunkClaim>,
+        work: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        let Some(claim) = claim else {
+            return work.await;
+        };
+        let renew = async {
+            loop {
+                tokio::time::sleep(CLAIM_RENEW).await;
+                match self
+                    .meta
+                    .renew_upload_claim(id, &claim.writer, CLAIM_TTL)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return "the session was taken over".to_owned(),
+                    Err(e) => return e.to_string(),
+                }
+            }
+        };
+        tokio::select! {
+            out = work => out,
+            why = renew => Err(RegistryError::BlobUploadInvalid(format!(
+                "chunk abandoned, its claim on the upload could not be renewed: {why}"
+            ))),
+        }
+    }
+
+    /// Ends a claim, recording the session's committed length. A lost claim means the chunk does not count.
+    async fn release(
+        &self,
+        id: &str,
+        claim: Option<ChunkClaim>,
+        offset: u64,
+    ) -> Result<(), RegistryError> {
+        let Some(mut claim) = claim else {
+            return Ok(());
+        };
+        claim.meta = None;
+        if self.meta.release_upload(id, &claim.writer, offset).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUploadInvalid(
+                "the upload was taken over by another request while this chunk arrived".into(),
+            ))
+        }
     }
 
     /// Current status of a session (GET on the upload URL).
@@ -137,6 +276,13 @@ impl Registry {
         id: &str,
     ) -> Result<UploadStatus, RegistryError> {
         let rec = self.session(repo, id).await?;
+        if let Some(offset) = rec.committed {
+            // Shared sessions: the row is the authority; no need to rebuild a hash to answer.
+            return Ok(UploadStatus {
+                id: id.to_owned(),
+                offset,
+            });
+        }
         let slot = self.uploads.slot(id);
         let mut guard = slot.lock().await;
         self.load_state(&rec, &mut guard).await?;
@@ -160,10 +306,28 @@ impl Registry {
         let mut guard = slot.lock().await;
         self.load_state(&rec, &mut guard).await?;
         let state = guard.as_mut().ok_or(RegistryError::BlobUploadUnknown)?;
-        self.append_locked(id, state, range, body).await?;
+        let start = state.offset;
+        let claim = self.claim(&rec, start).await?;
+        let result = self
+            .while_claimed(
+                id,
+                claim.as_ref(),
+                self.append_locked(id, state, range, body),
+            )
+            .await;
+        let offset = state.offset;
+        let released = self.release(id, claim, offset).await;
+        if result.is_err() || released.is_err() {
+            // Whatever this process believes, the row says where the session stands: start from it next time.
+            if rec.committed.is_some() {
+                *guard = None;
+            }
+        }
+        result?;
+        released?;
         Ok(UploadStatus {
             id: id.to_owned(),
-            offset: state.offset,
+            offset,
         })
     }
 
@@ -251,10 +415,30 @@ impl Registry {
                 digest.algorithm().as_str()
             )));
         }
-        // Always append (possibly nothing): it also cuts off bytes a failed chunk may have left behind.
-        self.append_locked(id, state, range, body).await?;
-        let size = self.publish_verified(repo, id, digest, state).await?;
+        let claim = self.claim(&rec, state.offset).await?;
+        let result = self
+            .while_claimed(id, claim.as_ref(), async {
+                // Always append (possibly nothing): it also cuts off bytes a failed chunk may have left behind.
+                self.append_locked(id, state, range, body).await?;
+                self.publish_verified(repo, id, digest, state).await
+            })
+            .await;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                // The session stays open (a wrong digest can be corrected), with whatever chunk was received.
+                let offset = state.offset;
+                if self.release(id, claim, offset).await.is_err() && rec.committed.is_some() {
+                    *guard = None;
+                }
+                return Err(e);
+            }
+        };
+        // Deleting the row ends the claim.
         self.meta.delete_upload(id).await?;
+        if let Some(mut claim) = claim {
+            claim.meta = None;
+        }
         *guard = None;
         drop(guard);
         self.uploads.forget(id);

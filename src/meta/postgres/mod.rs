@@ -31,8 +31,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Eviction, ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest, Page,
-    RefKind, RemoveOutcome, StoreLock, UploadRecord, now,
+    Eviction, FetchLease, ManifestRecord, ManifestRejection, MetaError, MetadataStore, NewManifest,
+    Page, RefKind, RemoveOutcome, StoreLock, UploadRecord, now,
 };
 use crate::oci::{Digest, RepoName, name::Tag};
 
@@ -50,6 +50,8 @@ pub(super) enum LockSpace {
     DigestSession = 0x6265_0004,
     /// Session-scoped, maintenance leases.
     Lease = 0x6265_0005,
+    /// Session-scoped, mirror downloads (one replica fetches a blob from the upstream, `try_lease_fetch`).
+    Fetch = 0x6265_0006,
 }
 
 /// Attempts of a transaction that fails with a serialization failure or a deadlock.
@@ -188,6 +190,10 @@ pub struct PgMetadataStore {
     /// Connections that hold session-level advisory locks (digest locks, leases). Separate from `pool`, so holders
     /// of digest locks, which then need a connection for their transaction, can never exhaust it.
     lock_pool: Pool,
+    /// Connections holding mirror download leases, for as long as a download runs. Apart from `lock_pool`, since
+    /// a lease holder takes a digest lock to publish; `fetch_slots` keeps requests for them from ever waiting.
+    fetch_pool: Pool,
+    fetch_slots: Arc<tokio::sync::Semaphore>,
     migrated: tokio::sync::OnceCell<()>,
     tag_lists: TagLists,
 }
@@ -217,6 +223,8 @@ impl PgMetadataStore {
         Ok(PgMetadataStore {
             pool: pool(&config, settings.pool_size)?,
             lock_pool: pool(&config, settings.pool_size)?,
+            fetch_pool: pool(&config, settings.pool_size)?,
+            fetch_slots: Arc::new(tokio::sync::Semaphore::new(settings.pool_size.max(1))),
             migrated: tokio::sync::OnceCell::new(),
             tag_lists: Default::default(),
         })
@@ -256,10 +264,21 @@ impl PgMetadataStore {
     ) -> Result<Option<SessionLock>, MetaError> {
         self.ready().await?;
         let conn = self.get(&self.lock_pool).await?;
+        Self::lock_on(conn, space, key, wait).await
+    }
+
+    /// Takes a session-level advisory lock on `conn` (see `session_lock`).
+    async fn lock_on(
+        conn: deadpool_postgres::Object,
+        space: LockSpace,
+        key: i32,
+        wait: bool,
+    ) -> Result<Option<SessionLock>, MetaError> {
         // From here on the guard owns the connection: if this future is dropped while PostgreSQL still queues the
         // request, the guard closes the session, so a lock granted later cannot outlive its requester.
         let mut guard = SessionLock {
             conn: Some(conn),
+            _slot: None,
             space: space as i32,
             key,
             held: false,
@@ -277,13 +296,20 @@ impl PgMetadataStore {
                 .try_get::<_, bool>(0)?
         };
         guard.held = granted;
-        Ok(granted.then_some(guard))
+        if !granted {
+            // Nothing is held on it: back to the pool rather than closed (waiting replicas poll for leases).
+            drop(guard.conn.take());
+            return Ok(None);
+        }
+        Ok(Some(guard))
     }
 }
 
 /// A session-level advisory lock held on its own pooled connection; dropping it unlocks and returns the connection.
 pub(super) struct SessionLock {
     conn: Option<deadpool_postgres::Object>,
+    /// For a mirror download lease: its slot among `fetch_slots`, given back with the connection.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     space: i32,
     key: i32,
     held: bool,
@@ -1196,7 +1222,7 @@ impl MetadataStore for PgMetadataStore {
         let c = self.conn().await?;
         execute(
             &c,
-            "INSERT INTO upload (id, repo, algorithm, started_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO upload (id, repo, algorithm, started_at, committed) VALUES ($1, $2, $3, $4, 0)",
             &[
                 &u.id,
                 &u.repo.as_str(),
@@ -1212,13 +1238,20 @@ impl MetadataStore for PgMetadataStore {
         let c = self.conn().await?;
         let row = query_opt(
             &c,
-            "SELECT id, repo, algorithm, started_at FROM upload WHERE id = $1",
+            "SELECT id, repo, algorithm, started_at, committed FROM upload WHERE id = $1",
             &[&id],
         )
         .await?;
         let Some(r) = row else { return Ok(None) };
         let (id, repo, alg, started_at): (String, String, String, i64) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        let committed = r
+            .try_get::<_, Option<i64>>(4)?
+            .map(|c| {
+                u64::try_from(c)
+                    .map_err(|_| MetaError::Corrupt(format!("upload {id}: committed length {c}")))
+            })
+            .transpose()?;
         Ok(Some(UploadRecord {
             id,
             repo: repo
@@ -1228,6 +1261,7 @@ impl MetadataStore for PgMetadataStore {
                 .parse()
                 .map_err(|e| MetaError::Corrupt(format!("upload algorithm: {e}")))?,
             started_at,
+            committed,
         }))
     }
 
@@ -1255,4 +1289,87 @@ impl MetadataStore for PgMetadataStore {
             .await?;
         Ok(lock.map(|l| StoreLock::new(Box::new(l))))
     }
+
+    // Claims are rows, not session locks: a chunk can take minutes to arrive, and holding a connection for each
+    // upload in flight would tie the number of concurrent pushes to the pool. Times are the database's clock,
+    // so replicas with skewed clocks agree on expiry.
+
+    async fn claim_upload(
+        &self,
+        id: &str,
+        offset: u64,
+        writer: &str,
+        stale_prefix: &str,
+        ttl: Duration,
+    ) -> Result<bool, MetaError> {
+        let c = self.conn().await?;
+        let n = execute(
+            &c,
+            "UPDATE upload SET writer = $3,
+                 writer_until = extract(epoch FROM clock_timestamp())::BIGINT + $4
+             WHERE id = $1 AND committed = $2
+               AND (writer IS NULL OR writer_until < extract(epoch FROM clock_timestamp())::BIGINT
+                    OR starts_with(writer, $5))",
+            &[
+                &id,
+                &to_i64(offset)?,
+                &writer,
+                &to_i64(ttl.as_secs())?,
+                &stale_prefix,
+            ],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn renew_upload_claim(
+        &self,
+        id: &str,
+        writer: &str,
+        ttl: Duration,
+    ) -> Result<bool, MetaError> {
+        let c = self.conn().await?;
+        let n = execute(
+            &c,
+            "UPDATE upload SET writer_until = extract(epoch FROM clock_timestamp())::BIGINT + $3
+             WHERE id = $1 AND writer = $2",
+            &[&id, &writer, &to_i64(ttl.as_secs())?],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_upload(&self, id: &str, writer: &str, offset: u64) -> Result<bool, MetaError> {
+        let c = self.conn().await?;
+        let n = execute(
+            &c,
+            "UPDATE upload SET committed = $3, writer = NULL, writer_until = NULL
+             WHERE id = $1 AND writer = $2",
+            &[&id, &writer, &to_i64(offset)?],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn try_lease_fetch(&self, key: &str) -> Result<FetchLease, MetaError> {
+        // A free slot or nothing: a request must never queue behind downloads of other blobs for a lease.
+        let Ok(slot) = self.fetch_slots.clone().try_acquire_owned() else {
+            return Ok(FetchLease::NotShared);
+        };
+        self.ready().await?;
+        let conn = self.get(&self.fetch_pool).await?;
+        Ok(
+            match Self::lock_on(conn, LockSpace::Fetch, text_key(key), false).await? {
+                Some(mut lock) => {
+                    lock._slot = Some(slot);
+                    FetchLease::Granted(StoreLock::new(Box::new(lock)))
+                }
+                None => FetchLease::HeldElsewhere,
+            },
+        )
+    }
+}
+
+fn to_i64(n: u64) -> Result<i64, MetaError> {
+    i64::try_from(n).map_err(|_| MetaError::Database(format!("{n} does not fit a BIGINT")))
 }

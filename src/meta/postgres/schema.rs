@@ -122,6 +122,15 @@ CREATE TABLE upload_owner (
     principal TEXT NOT NULL
 );
 "#,
+    // Upload sessions continued by any replica (PostgreSQL only: on SQLite one process owns every session). The
+    // committed length is the session's authority; a chunk is written under a claim (`writer` until
+    // `writer_until`, unix seconds of the database's clock) that excludes concurrent writers on other replicas
+    // without holding a connection. Sessions from before have no committed length and keep the old behaviour.
+    r#"
+ALTER TABLE upload ADD COLUMN committed BIGINT;
+ALTER TABLE upload ADD COLUMN writer TEXT;
+ALTER TABLE upload ADD COLUMN writer_until BIGINT;
+"#,
 ];
 
 /// Brings the database up to date in one transaction. Replicas starting together serialise on an advisory lock,
