@@ -108,29 +108,9 @@ fn berth_cmd() -> Command {
 }
 
 fn run(args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = berth_cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "$ berth {}\n  -> {}\n  stdout: {}\n  stderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
+    let mut cmd = berth_cmd();
+    cmd.args(args);
+    common::run_piped(cmd, args, stdin)
 }
 
 fn run_ok(args: &[&str], stdin: &str) -> String {

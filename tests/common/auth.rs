@@ -4,9 +4,8 @@
 //! Included with `#[path = "common/auth.rs"] mod auth;` next to `mod common;`.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
@@ -46,30 +45,11 @@ pub fn secure_berth(toml: &str) -> Secure {
 pub fn cli(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
     crate::common::blob_env(&mut cmd, data_dir);
-    let mut child = cmd
-        .args(args)
+    cmd.args(args)
         .arg("--data-dir")
         .arg(data_dir)
-        .envs(crate::common::metadata_env(data_dir))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "$ berth {}\n  -> {}\n  stderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
+        .envs(crate::common::metadata_env(data_dir));
+    common::run_piped(cmd, args, stdin)
 }
 
 pub fn cli_ok(data_dir: &Path, args: &[&str], stdin: &str) -> String {

@@ -369,6 +369,33 @@ pub fn drop_database(data_dir: &Path) {
     );
 }
 
+/// Runs a prepared `berth` command with `stdin` piped in and its output captured; logs the command line (`shown`),
+/// its status, and its stdout and stderr.
+pub fn run_piped(mut cmd: Command, shown: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for berth");
+    eprintln!(
+        "$ berth {}\n  -> {}\n  stdout: {}\n  stderr: {}",
+        shown.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     use sha2::Digest;
