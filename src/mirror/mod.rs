@@ -537,8 +537,14 @@ impl Mirrors {
                     {
                         return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
                     }
-                    let dl = self.registry.open_blob(&repo, digest, range).await?;
-                    return Ok((MirrorBlob::Cached(dl), label));
+                    return match self.registry.open_blob(&repo, digest, range).await {
+                        Ok(dl) => Ok((MirrorBlob::Cached(dl), label)),
+                        // Evicted between the link and the open: a miss after all, as on the cached path.
+                        Err(RegistryError::BlobUnknown(_)) => {
+                            Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 FetchState::Streaming { len, .. } => {
                     match self
