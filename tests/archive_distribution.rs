@@ -78,8 +78,8 @@ async fn status(url: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
-    if !image::tools_available(&["skopeo"], "skopeo")
-        || !image::tools_available(&["docker-registry"], "docker-registry")
+    if !common::tools_available(&["skopeo"], "skopeo")
+        || !common::tools_available(&["docker-registry"], "docker-registry")
     {
         return;
     }

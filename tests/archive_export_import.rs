@@ -27,7 +27,7 @@ use std::path::Path;
 use tools::{layout_ref, skopeo_ok};
 
 fn skopeo_available() -> bool {
-    image::tools_available(&["skopeo"], "skopeo")
+    common::tools_available(&["skopeo"], "skopeo")
 }
 
 /// A single-platform image in a new layout under `dir`, tagged `tag`; returns the layout and manifest descriptor.
@@ -582,7 +582,7 @@ async fn data_dir_mode_round_trip_and_refused_while_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_imports_an_export() {
-    if !skopeo_available() || !image::tools_available(&["containerd", "ctr"], "containerd") {
+    if !skopeo_available() || !common::tools_available(&["containerd", "ctr"], "containerd") {
         return;
     }
     let Some(ctrd) = tools::containerd_or_skip() else {

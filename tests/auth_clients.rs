@@ -40,7 +40,7 @@ upstream = "{mirror_upstream}"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skopeo_and_containerd_authenticate_and_mirrors_stay_anonymous() {
-    if !image::tools_available(&["skopeo"], "skopeo") {
+    if !common::tools_available(&["skopeo"], "skopeo") {
         return;
     }
     let up = upstream::Upstream::start();
@@ -161,7 +161,7 @@ async fn skopeo_and_containerd_authenticate_and_mirrors_stay_anonymous() {
     );
 
     // containerd: Basic credentials sent straight to /v2/ from hosts.toml.
-    if !image::tools_available(&["containerd", "ctr"], "containerd") {
+    if !common::tools_available(&["containerd", "ctr"], "containerd") {
         return;
     }
     let Some(ctrd) = containerd_or_skip() else {

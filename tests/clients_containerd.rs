@@ -21,7 +21,7 @@ use serde_json::Value;
 use tools::containerd_or_skip;
 
 fn tools_available() -> bool {
-    image::tools_available(&["containerd", "ctr"], "containerd")
+    common::tools_available(&["containerd", "ctr"], "containerd")
 }
 
 // ---------------------------------------------------------------------------------------------------------------

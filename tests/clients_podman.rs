@@ -32,7 +32,7 @@ use tools::Podman;
 
 /// True when podman is installed; false (skip) when it is missing outside CI; panics when missing under CI.
 fn podman_available() -> bool {
-    image::tools_available(&["podman"], "podman")
+    common::tools_available(&["podman"], "podman")
 }
 
 /// An isolated podman ([`tools::Podman`]) with `host` configured as a plain-HTTP registry, or None (the caller

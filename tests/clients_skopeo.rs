@@ -28,7 +28,7 @@ use tools::{layout_ref, skopeo, skopeo_ok};
 
 /// True when skopeo can be used; false (skip) when it is missing outside CI; panics when missing under CI.
 fn skopeo_available() -> bool {
-    image::tools_available(&["skopeo"], "skopeo")
+    common::tools_available(&["skopeo"], "skopeo")
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ fn yaml_docs(file: &str) -> Vec<serde_yaml_ng::Value> {
 
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
-    if !image::tools_available(&["systemd-analyze"], "systemd") {
+    if !common::tools_available(&["systemd-analyze"], "systemd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

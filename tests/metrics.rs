@@ -4,25 +4,12 @@ mod common;
 
 use common::{Berth, client};
 
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use common::metric_sample as sample;
 
 #[tokio::test]
 async fn metrics_count_requests_by_endpoint_and_status() {
     let b = Berth::start();
-    let text = client()
-        .get(format!("{}/metrics", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&b.url()).await;
     assert!(text.contains("berth_build_info{version=\""), "{text}");
     let key = r#"berth_http_requests_total{route="manifest",method="GET",status="404"}"#;
     let before = sample(&text, key);
@@ -34,14 +21,7 @@ async fn metrics_count_requests_by_endpoint_and_status() {
             .unwrap();
         assert_eq!(r.status(), 404);
     }
-    let text = client()
-        .get(format!("{}/metrics", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&b.url()).await;
     assert_eq!(sample(&text, key), before + 3.0, "{text}");
     assert!(
         text.contains(r#"berth_http_request_duration_seconds_bucket{le="#)
@@ -114,14 +94,7 @@ async fn access_log_lines_carry_id_principal_repository_and_bytes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&base).await;
     assert!(
         sample(&metrics, "berth_upload_bytes_total") >= 4096.0,
         "{metrics}"
@@ -168,14 +141,7 @@ async fn a_separate_metrics_listener_serves_only_operations_endpoints() {
     .unwrap();
     let _b = Berth::start_with(&["--config", cfg.to_str().unwrap()]);
     let ops = format!("http://127.0.0.1:{port}");
-    let text = client()
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&ops).await;
     assert!(text.contains("berth_build_info"), "{text}");
     for path in ["/healthz", "/readyz"] {
         assert_eq!(

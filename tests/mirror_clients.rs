@@ -37,7 +37,7 @@ fn assert_layout_has(dir: &Path, expected: &Layout) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_skopeo_copies_through_prefix() {
-    if !image::tools_available(&["skopeo"], "skopeo") {
+    if !common::tools_available(&["skopeo"], "skopeo") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -160,7 +160,7 @@ fn load_layout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_containerd_pulls_via_hosts_toml_ns() {
-    if !image::tools_available(&["containerd", "ctr"], "containerd") {
+    if !common::tools_available(&["containerd", "ctr"], "containerd") {
         return;
     }
     let Some(ctrd) = containerd_or_skip() else {

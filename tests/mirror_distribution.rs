@@ -451,7 +451,7 @@ fn assert_refused(o: &Outcome, what: &str, secret: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_of_distribution_serves_identical_content() {
-    if !image::tools_available(&["docker-registry"], "docker-registry") {
+    if !common::tools_available(&["docker-registry"], "docker-registry") {
         return;
     }
     let started = Instant::now();
@@ -480,7 +480,7 @@ async fn mirror_of_distribution_serves_identical_content() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_of_distribution_with_basic_auth() {
-    if !image::tools_available(&["docker-registry"], "docker-registry") {
+    if !common::tools_available(&["docker-registry"], "docker-registry") {
         return;
     }
     let started = Instant::now();
@@ -670,7 +670,7 @@ mod token {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_of_distribution_with_token_auth() {
-    if !image::tools_available(&["docker-registry"], "docker-registry") {
+    if !common::tools_available(&["docker-registry"], "docker-registry") {
         return;
     }
     let issuer = token::Issuer::start(USER, PASSWORD).await;

@@ -116,7 +116,7 @@ impl Drop for Dockerd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_pulls_through_the_mirror_listener() {
-    if !image::tools_available(&["dockerd", "docker", "skopeo"], "docker.io skopeo") {
+    if !common::tools_available(&["dockerd", "docker", "skopeo"], "docker.io skopeo") {
         return;
     }
     // "Docker Hub": a berth holding library/berthtest:1, a two-platform index.

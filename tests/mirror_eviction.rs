@@ -25,33 +25,14 @@ async fn pull(base: &str, digest: &str) -> Vec<u8> {
 }
 
 async fn metric(base: &str, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::metric_sample(&common::metrics_text(base).await, name)
 }
 
 async fn wait_for_evictions(base: &str, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(base, r#"berth_mirror_evictions_total{mirror="up"}"#).await < n {
         if Instant::now() > deadline {
-            let text = client()
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = common::metrics_text(base).await;
             panic!("expected {n} evictions; metrics:\n{text}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

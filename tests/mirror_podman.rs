@@ -41,7 +41,7 @@ use upstream::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, TestImage, Upstream, berth_m
 /// An isolated podman with `registries`, or None (the caller skips) when podman is missing or cannot run here
 /// outside CI; panics under CI.
 fn podman_or_skip(registries: &str) -> Option<Podman> {
-    if !image::tools_available(&["podman"], "podman") {
+    if !common::tools_available(&["podman"], "podman") {
         return None;
     }
     tools::podman_or_skip(registries)

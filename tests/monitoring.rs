@@ -41,7 +41,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn alert_rules_pass_promtool_and_their_unit_tests() {
-    if !image::tools_available(&["promtool"], "prometheus") {
+    if !common::tools_available(&["promtool"], "prometheus") {
         return;
     }
     for args in [

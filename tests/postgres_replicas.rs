@@ -355,6 +355,26 @@ async fn assert_pulls(url: String, want: bytes::Bytes) {
     assert!(o.bytes() == want.as_ref(), "GET {url}: bytes differ");
 }
 
+/// A random blob of `len` bytes on the fake upstream, whose body it sends `chunk` bytes every `every_ms`.
+fn trickled_blob(
+    up: &upstream::Upstream,
+    seed: u64,
+    len: usize,
+    chunk: usize,
+    every_ms: u64,
+) -> (bytes::Bytes, String) {
+    let blob = upstream::random_bytes(seed, len);
+    let digest = up.put_blob(blob.clone());
+    up.set_path_fault(
+        &digest,
+        upstream::Fault::Trickle {
+            chunk,
+            every: std::time::Duration::from_millis(every_ms),
+        },
+    );
+    (blob, digest)
+}
+
 /// Design invariant 4 across replicas: concurrent cold pulls of one blob, split between two replicas, cause one
 /// upstream GET; the replica that does not download waits for the other's commit and serves from the store, and
 /// every client gets the whole blob. The download takes longer than a waiting replica holds back its response
@@ -365,16 +385,8 @@ async fn mirror_fan_in_across_replicas_fetches_once() {
         return;
     }
     let up = upstream::Upstream::start();
-    let blob = upstream::random_bytes(11, 6 << 20);
-    let digest = up.put_blob(blob.clone());
     // About 7 s for the whole body.
-    up.set_path_fault(
-        &digest,
-        upstream::Fault::Trickle {
-            chunk: 128 << 10,
-            every: std::time::Duration::from_millis(150),
-        },
-    );
+    let (blob, digest) = trickled_blob(&up, 11, 6 << 20, 128 << 10, 150);
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = mirroring_replicas(&tmp, &up);
     let pulls: Vec<_> = (0..16)
@@ -407,16 +419,8 @@ async fn mirror_download_is_taken_over_when_its_replica_dies() {
         return;
     }
     let up = upstream::Upstream::start();
-    let blob = upstream::random_bytes(12, 4 << 20);
-    let digest = up.put_blob(blob.clone());
     // About 6 s for the whole body: long enough to kill the downloader in the middle.
-    up.set_path_fault(
-        &digest,
-        upstream::Fault::Trickle {
-            chunk: 64 << 10,
-            every: std::time::Duration::from_millis(100),
-        },
-    );
+    let (blob, digest) = trickled_blob(&up, 12, 4 << 20, 64 << 10, 100);
     let tmp = tempfile::tempdir().unwrap();
     let (mut a, b) = mirroring_replicas(&tmp, &up);
     let path = format!("/v2/up/team/app/blobs/{digest}");

@@ -10,7 +10,6 @@ use crate::common::{Berth, sha256_digest};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Media types
@@ -278,34 +277,6 @@ pub fn build_multiarch(dir: &Path, seed: u64, tag: &str) -> (Layout, Desc, Vec<D
 // ---------------------------------------------------------------------------------------------------------------
 // Tools and registry target
 // ---------------------------------------------------------------------------------------------------------------
-
-/// True when every one of `tools` is on PATH. When one is missing: false (the caller skips, with a message) if `CI`
-/// is unset; a panic if `CI` is set. `package` is the Debian package to install.
-pub fn tools_available(tools: &[&str], package: &str) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !Command::new("which")
-                .arg(t)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{missing:?} not installed but CI is set: .ci/run must `apt-get install -y {package}`"
-        );
-    }
-    eprintln!(
-        "SKIPPED: {missing:?} not installed (apt-get install -y {package}); this test did not run"
-    );
-    false
-}
 
 /// The registry under test: a fresh berth, or `BERTH_TEST_REGISTRY` when set.
 pub struct Target {

@@ -396,6 +396,55 @@ pub fn run_piped(mut cmd: Command, shown: &[&str], stdin: &str) -> std::process:
     out
 }
 
+/// True when every one of `tools` is on PATH. When one is missing: false (the caller skips, with a message) if `CI`
+/// is unset; a panic if `CI` is set. `package` is the Debian package to install.
+pub fn tools_available(tools: &[&str], package: &str) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("which")
+                .arg(t)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{missing:?} not installed but CI is set: .ci/run must `apt-get install -y {package}`"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {missing:?} not installed (apt-get install -y {package}); this test did not run"
+    );
+    false
+}
+
+/// The Prometheus text a server exposes at `{base}/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of the first sample in `text` whose line starts with `prefix` (a name with its labels), 0 if absent.
+pub fn metric_sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     use sha2::Digest;

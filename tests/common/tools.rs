@@ -4,7 +4,7 @@
 //!
 //! Included by each test file that needs it with `#[path = "common/tools.rs"] mod tools;`. Self-contained (it uses
 //! neither `crate::common` nor `crate::image`); whether a tool is installed at all is still checked by the caller
-//! with `image::tools_available`. Not every file uses every runner, hence the `dead_code` allowance.
+//! with `common::tools_available`. Not every file uses every runner, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 use serde_json::Value;

@@ -371,26 +371,5 @@ impl Drop for Browser {
 /// True when `chromium` and `chromedriver` are installed. When not: false (the caller skips, with a message)
 /// outside CI, a panic when `CI` is set, so CI never passes without having run the browser tests.
 pub fn browser_available() -> bool {
-    let missing: Vec<&str> = ["chromium", "chromedriver"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("which")
-                .arg(t)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{missing:?} not installed but CI is set: .ci/run must `apt-get install -y chromium chromium-driver`"
-        );
-    }
-    eprintln!(
-        "SKIPPED: {missing:?} not installed (apt-get install -y chromium chromium-driver); the browser tests did not run"
-    );
-    false
+    crate::common::tools_available(&["chromium", "chromedriver"], "chromium chromium-driver")
 }
