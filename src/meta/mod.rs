@@ -12,17 +12,43 @@ pub mod ui;
 
 use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
 
+/// Why a metadata operation failed. Callers decide on the kind, never on the text: `Unavailable` is a store that
+/// cannot be reached right now (the client is told to retry), the others are this request's own failure.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    #[error("metadata database error: {0}")]
-    Database(String),
+    /// The database cannot be reached or refuses work for now (connection refused or lost, pool exhausted, busy
+    /// past its timeout, out of space). Retrying later can succeed; nothing was written.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// A write kept conflicting with concurrent writes after every retry; nothing was written.
+    #[error("metadata write conflict: {0}")]
+    Conflict(String),
+    /// What the database holds cannot be read back as berth wrote it.
     #[error("stored metadata is corrupt: {0}")]
     Corrupt(String),
+    /// A value no row can hold (a NUL byte in text): refused the same way on every backend.
+    #[error("invalid value for the metadata store: {0}")]
+    Invalid(String),
+    /// Anything else, with its source.
+    #[error("metadata database error: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl MetaError {
+    pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> MetaError {
+        MetaError::Other(e.into())
+    }
 }
 
 impl From<rusqlite::Error> for MetaError {
     fn from(e: rusqlite::Error) -> Self {
-        MetaError::Database(e.to_string())
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked | DiskFull | CannotOpen | SystemIoFailure) => {
+                MetaError::Unavailable(e.to_string())
+            }
+            _ => MetaError::other(e),
+        }
     }
 }
 

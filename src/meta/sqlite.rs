@@ -194,7 +194,7 @@ impl SqliteMetadataStore {
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteMetadataStore, MetaError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| MetaError::Database(format!("{}: {e}", parent.display())))?;
+                .map_err(|e| MetaError::other(format!("{}: {e}", parent.display())))?;
         }
         let mut writer = Connection::open(path)?;
         configure(&writer, synchronous)?;
@@ -216,7 +216,7 @@ impl SqliteMetadataStore {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || f(&mut writer.lock()))
             .await
-            .map_err(|e| MetaError::Database(format!("metadata task failed: {e}")))?
+            .map_err(|e| MetaError::other(format!("metadata task failed: {e}")))?
     }
 
     /// Runs a long read (maintenance scans) on a pooled connection on a blocking thread, so it never stalls the
@@ -242,7 +242,7 @@ impl SqliteMetadataStore {
             out
         })
         .await
-        .map_err(|e| MetaError::Database(format!("metadata task failed: {e}")))?
+        .map_err(|e| MetaError::other(format!("metadata task failed: {e}")))?
     }
 
     /// Runs `f` on a pooled read connection, on the calling thread: point reads on a cached statement take

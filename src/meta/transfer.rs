@@ -410,8 +410,8 @@ impl MetaDatabase {
                             Some(Ok(Load::Commit)) => break,
                             Some(Err(e)) => return Err(e),
                             None => {
-                                return Err(MetaError::Database(
-                                    "the metadata copy stopped before its end".into(),
+                                return Err(MetaError::other(
+                                    "the metadata copy stopped before its end",
                                 ));
                             }
                         }
@@ -436,8 +436,8 @@ impl MetaDatabase {
                         Some(Ok(Load::Commit)) => break,
                         Some(Err(e)) => return Err(e),
                         None => {
-                            return Err(MetaError::Database(
-                                "the metadata copy stopped before its end".into(),
+                            return Err(MetaError::other(
+                                "the metadata copy stopped before its end",
                             ));
                         }
                     }
@@ -580,7 +580,7 @@ pub fn stream_all(
                     }
                     Some(Ok(Chunk::End)) => break,
                     Some(Err(e)) => Err(e),
-                    None => Err(MetaError::Database(format!(
+                    None => Err(MetaError::other(format!(
                         "reading table {} stopped before its end",
                         t.name
                     ))),
@@ -642,9 +642,7 @@ fn rows_of(rx: RowStream) -> impl futures_core::Stream<Item = Result<Row, MetaEr
                     Some(Err(e)) => return Some((Err(e), (rx, buf, true))),
                     None => {
                         return Some((
-                            Err(MetaError::Database(
-                                "a table read stopped before its end".into(),
-                            )),
+                            Err(MetaError::other("a table read stopped before its end")),
                             (rx, buf, true),
                         ));
                     }

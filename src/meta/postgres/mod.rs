@@ -102,8 +102,19 @@ impl From<tokio_postgres::Error> for MetaError {
     fn from(e: tokio_postgres::Error) -> Self {
         // `Display` of a server error is only "db error"; the detail is in the source.
         match e.as_db_error() {
-            Some(db) => MetaError::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => MetaError::Database(e.to_string()),
+            // Class 08 (connection exception), 53 (insufficient resources: too many connections, disk full) and
+            // 57P0x (the server is shutting down or starting): the database is there but cannot serve now.
+            Some(db) => {
+                let code = db.code().code();
+                let msg = format!("{code}: {}", db.message());
+                if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+                    MetaError::Unavailable(msg)
+                } else {
+                    MetaError::other(msg)
+                }
+            }
+            // No server error: the connection failed, broke or was closed.
+            None => MetaError::Unavailable(e.to_string()),
         }
     }
 }
@@ -209,7 +220,7 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, MetaError>
     Pool::builder(manager)
         .max_size(size.max(1))
         .build()
-        .map_err(|e| MetaError::Database(format!("cannot build the PostgreSQL pool: {e}")))
+        .map_err(|e| MetaError::other(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
 impl PgMetadataStore {
@@ -218,7 +229,7 @@ impl PgMetadataStore {
     pub fn open(settings: &PgSettings) -> Result<PgMetadataStore, MetaError> {
         let config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
             // The parser's message never contains the URL, so the password stays out of logs.
-            MetaError::Database(format!("invalid PostgreSQL URL: {e}"))
+            MetaError::other(format!("invalid PostgreSQL URL: {e}"))
         })?;
         Ok(PgMetadataStore {
             pool: pool(&config, settings.pool_size)?,
@@ -244,7 +255,7 @@ impl PgMetadataStore {
     async fn get(&self, pool: &Pool) -> Result<deadpool_postgres::Object, MetaError> {
         pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => MetaError::from(e),
-            other => MetaError::Database(format!("PostgreSQL connection pool: {other}")),
+            other => MetaError::Unavailable(format!("PostgreSQL connection pool: {other}")),
         })
     }
 
@@ -473,7 +484,7 @@ async fn ensure_repo<C: GenericClient>(
             return Ok(r.try_get(0)?);
         }
     }
-    Err(MetaError::Database(format!(
+    Err(MetaError::other(format!(
         "repository {repo:?} keeps disappearing while being created"
     ))
     .into())
@@ -1371,5 +1382,5 @@ impl MetadataStore for PgMetadataStore {
 }
 
 fn to_i64(n: u64) -> Result<i64, MetaError> {
-    i64::try_from(n).map_err(|_| MetaError::Database(format!("{n} does not fit a BIGINT")))
+    i64::try_from(n).map_err(|_| MetaError::other(format!("{n} does not fit a BIGINT")))
 }
