@@ -23,9 +23,8 @@ use parking_lot::Mutex;
 
 use crate::archive::progress::Progress;
 use crate::config::{Config, MetadataBackend};
-use crate::meta::postgres::{PgMetadataStore, PgSettings};
-use crate::meta::sqlite::SqliteMetadataStore;
 use crate::meta::transfer::{self, MetaDatabase, TABLES, Value};
+use crate::meta::{PgSettings, SqlStore};
 use crate::oci::Digest;
 use crate::server::DataDirLock;
 use crate::store::{BlobStore, StoreError};
@@ -138,35 +137,35 @@ async fn open_side(config: Config, role: &str) -> anyhow::Result<Side> {
         bail!("--from: data directory {} does not exist", dir.display());
     }
     let lock = crate::server::lock_data_dir(&dir).with_context(|| format!("--{role}"))?;
+    if source
+        && config.storage.metadata == MetadataBackend::Sqlite
+        && !dir.join("berth.db").exists()
+    {
+        bail!(
+            "--from: {} has no metadata database (berth.db); is storage.data_dir right?",
+            dir.display()
+        );
+    }
     let meta = match config.storage.metadata {
         MetadataBackend::Sqlite => {
             let db = dir.join("berth.db");
-            if source && !db.exists() {
-                bail!(
-                    "--from: {} has no metadata database (berth.db); is storage.data_dir right?",
-                    dir.display()
-                );
-            }
-            MetaDatabase::Sqlite(Arc::new(
-                SqliteMetadataStore::open(&db, config.storage.sqlite_synchronous)
-                    .with_context(|| format!("--{role}: cannot open {}", db.display()))?,
-            ))
+            SqlStore::sqlite(&db, config.storage.sqlite_synchronous)
+                .with_context(|| format!("--{role}: cannot open {}", db.display()))?
         }
         MetadataBackend::Postgres => {
             let settings = PgSettings {
                 url: config.storage.postgres_url()?,
                 pool_size: 4,
             };
-            let store = PgMetadataStore::open(&settings)
-                .with_context(|| format!("--{role}: PostgreSQL metadata store"))?;
-            store
-                .ready()
-                .await
-                .with_context(|| format!("--{role}: PostgreSQL metadata store"))?;
-            MetaDatabase::Postgres(Arc::new(store))
+            SqlStore::postgres(&settings)
+                .with_context(|| format!("--{role}: PostgreSQL metadata store"))?
         }
     };
-    if let Some(n) = meta.other_sessions().await.unwrap_or(None)
+    meta.ready()
+        .await
+        .with_context(|| format!("--{role}: metadata store"))?;
+    let meta = Arc::new(meta);
+    if let Some(n) = transfer::other_sessions(&meta).await.unwrap_or(None)
         && n > 0
     {
         eprintln!(
@@ -225,7 +224,9 @@ pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<
     let dst = open_side(to, "to").await?;
 
     let mut summary = Summary {
-        rows: src.meta.counts().await.context("--from: counting rows")?,
+        rows: transfer::counts(&src.meta)
+            .await
+            .context("--from: counting rows")?,
         ..Summary::default()
     };
     let state = destination_state(&src, &dst).await?;
@@ -256,13 +257,14 @@ pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<
                 copied[table], TABLES[table].name
             ));
         });
-        dst.meta
-            .replace_all(rows)
+        transfer::replace_all(&dst.meta, rows)
             .await
             .context("copying the metadata")?;
         summary.metadata_copied = true;
     }
-    let copied = dst.meta.counts().await.context("--to: counting rows")?;
+    let copied = transfer::counts(&dst.meta)
+        .await
+        .context("--to: counting rows")?;
     for ((t, want), got) in TABLES.iter().zip(&summary.rows).zip(&copied) {
         if want != got {
             bail!(
@@ -282,7 +284,9 @@ pub async fn migrate(args: &MigrateArgs, progress: &Progress) -> anyhow::Result<
 }
 
 async fn destination_state(src: &Side, dst: &Side) -> anyhow::Result<DestinationState> {
-    let counts = dst.meta.counts().await.context("--to: counting rows")?;
+    let counts = transfer::counts(&dst.meta)
+        .await
+        .context("--to: counting rows")?;
     if counts.iter().all(|n| *n == 0) {
         return Ok(DestinationState::Empty);
     }
@@ -320,7 +324,7 @@ fn blob_rows(
     meta: &MetaDatabase,
 ) -> impl futures_core::Stream<Item = anyhow::Result<(String, u64)>> + use<> {
     let table = transfer::table_index("blob").unwrap_or_default();
-    meta.rows(table).map(|row| {
+    transfer::rows(meta, table).map(|row| {
         let row = row.context("reading the source's blob table")?;
         match row.as_slice() {
             [Value::Text(digest), Value::Int(size), ..] => Ok((digest.clone(), *size as u64)),

@@ -8,12 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::auth::store::AuthStore;
 use crate::config::{BlobBackend, Config, MetadataBackend};
 use crate::maint::Maintenance;
-use crate::meta::maint::MaintenanceStore;
-use crate::meta::postgres::{PgMetadataStore, PgSettings};
-use crate::meta::sqlite::SqliteMetadataStore;
+use crate::meta::{PgSettings, SqlStore};
 use crate::registry::{Limits, Registry};
 use crate::store::BlobStore;
 use crate::store::fs::FsBlobStore;
@@ -63,61 +60,31 @@ const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 pub struct Opened {
     pub registry: Arc<Registry>,
     pub maintenance: Arc<Maintenance>,
-    /// The PostgreSQL store, when metadata lives there (`serve` connects and migrates it before listening).
-    pub postgres: Option<Arc<PgMetadataStore>>,
-}
-
-/// The metadata store a config selects, as each trait the domain asks for.
-pub struct MetaStores {
-    pub meta: Arc<dyn crate::meta::MetadataStore>,
-    pub maint: Arc<dyn MaintenanceStore>,
-    pub auth: Arc<dyn AuthStore>,
-    /// The PostgreSQL store (replicas may share it, so digest locks must exclude them too).
-    pub postgres: Option<Arc<PgMetadataStore>>,
-}
-
-impl MetaStores {
-    fn of<T: MaintenanceStore + AuthStore>(store: Arc<T>) -> MetaStores {
-        MetaStores {
-            meta: store.clone(),
-            maint: store.clone(),
-            auth: store,
-            postgres: None,
-        }
-    }
+    /// The metadata store, which also serves the web UI's pages and access control.
+    pub meta: Arc<SqlStore>,
 }
 
 /// Opens the metadata store `storage.metadata` names: `berth.db` in the data directory, or the PostgreSQL database
-/// (not connected yet: the first operation connects and migrates; see `PgMetadataStore::ready`).
-pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
+/// (not connected yet: the first operation connects and migrates; see `SqlStore::ready`).
+pub fn open_meta(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
     let s = &config.storage;
-    Ok(match s.metadata {
+    let store = match s.metadata {
         MetadataBackend::Sqlite => {
             let dir = &s.data_dir;
-            let store = SqliteMetadataStore::open(&dir.join("berth.db"), s.sqlite_synchronous)
-                .with_context(|| format!("cannot open metadata database in {}", dir.display()))?;
-            MetaStores::of(Arc::new(store))
+            SqlStore::sqlite(&dir.join("berth.db"), s.sqlite_synchronous)
+                .with_context(|| format!("cannot open metadata database in {}", dir.display()))?
         }
         MetadataBackend::Postgres => {
             let settings = PgSettings {
                 url: s.postgres_url()?,
                 pool_size: s.postgres_pool_size,
             };
-            let store = Arc::new(
-                PgMetadataStore::open(&settings)
-                    .context("cannot open the PostgreSQL metadata store")?,
-            );
-            MetaStores {
-                postgres: Some(store.clone()),
-                ..MetaStores::of(store)
-            }
+            SqlStore::postgres(&settings).context("cannot open the PostgreSQL metadata store")?
         }
-    })
+    };
+    Ok(Arc::new(store))
 }
 
-/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
-/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
-/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 /// The identity of the replica serving `dir`, created on first use (`replica-id` in the data directory). Replicas
 /// sharing a metadata store each have their own data directory, hence their own id.
 fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
@@ -147,29 +114,32 @@ fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
+/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
+/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let blobs = open_blobs(config)?;
-    let stores = open_meta(config)?;
+    let meta = open_meta(config)?;
     let limits = Limits {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
     };
     let mut registry =
-        Registry::new(blobs, stores.meta.clone(), limits).with_lock_file(dir.join("digest.locks"));
-    if stores.postgres.is_some() {
+        Registry::new(blobs, meta.clone(), limits).with_lock_file(dir.join("digest.locks"));
+    if meta.shared() {
         registry = registry
             .with_store_locks()
             .with_replica_id(replica_id(dir).context("cannot read the replica id")?);
     }
     let registry = Arc::new(registry);
-    let maintenance = Arc::new(Maintenance::new(registry.clone(), stores.maint));
+    let maintenance = Arc::new(Maintenance::new(registry.clone(), meta.clone()));
     Ok(Opened {
         registry,
         maintenance,
-        postgres: stores.postgres,
+        meta,
     })
 }
 
@@ -192,7 +162,7 @@ pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 /// signing key: `auth.signing_key_file` (shared by replicas), or the data directory's, created on first start.
 pub fn open_auth(config: &Config) -> anyhow::Result<crate::auth::Auth> {
     let dir = &config.storage.data_dir;
-    let store = open_meta(config)?.auth;
+    let store = open_meta(config)?;
     let a = &config.auth;
     // A configured file is the replicas' shared key: never replaced by a fresh one here (see `IfMissing::Fail`).
     let missing = match a.signing_key_file {
@@ -278,26 +248,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let Opened {
         registry,
         maintenance,
-        postgres,
+        meta,
     } = open(&config)?;
-    if let Some(pg) = &postgres {
-        // Fail at start, not at the first request, when the database is unreachable or too new.
-        pg.ready()
-            .await
-            .context("cannot use the PostgreSQL metadata database")?;
-    }
-    // The UI's page queries run on their own connections to the same database, like access control's: a second
-    // SQLite handle on `berth.db`, or the PostgreSQL store's pool.
-    let ui_store: Option<Arc<dyn crate::meta::ui::UiStore>> = match postgres {
-        _ if !config.ui.enabled => None,
-        Some(pg) => Some(pg),
-        None => Some(Arc::new(
-            SqliteMetadataStore::open(
-                &config.storage.data_dir.join("berth.db"),
-                config.storage.sqlite_synchronous,
-            )
-            .context("cannot open metadata database for the web UI")?,
-        )),
+    // Fail at start, not at the first request, when the database is unreachable or too new.
+    meta.ready()
+        .await
+        .context("cannot use the metadata database")?;
+    let ui_store: Option<Arc<dyn crate::meta::ui::UiStore>> = match config.ui.enabled {
+        true => Some(meta),
+        false => None,
     };
     registry
         .reclaim_after_restart()

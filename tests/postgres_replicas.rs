@@ -20,9 +20,8 @@ mod workload;
 
 use std::sync::Arc;
 
-use berth::meta::MetadataStore;
-use berth::meta::maint::MaintenanceStore;
-use berth::meta::postgres::{PgMetadataStore, PgSettings};
+use berth::meta::Coordination;
+use berth::meta::{PgSettings, SqlStore};
 use common::Berth;
 use spec::{OCI_MANIFEST, Reg};
 
@@ -171,8 +170,8 @@ async fn concurrent_pushes_of_one_digest_and_gc_from_the_other_replica() {
     maint::json(&["scrub", "--deep"], &cfg, &a.data_dir, true);
 }
 
-fn store(b: &Berth) -> PgMetadataStore {
-    PgMetadataStore::open(&PgSettings {
+fn store(b: &Berth) -> SqlStore {
+    SqlStore::postgres(&PgSettings {
         url: common::postgres_url(&b.data_dir),
         pool_size: 2,
     })

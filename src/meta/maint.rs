@@ -4,7 +4,7 @@
 //! transaction, that the item is still garbage. A push, mount or HEAD that lands between the two therefore wins:
 //! the re-check sees the new reference (or the renewed timestamp) and the item stays (design invariant 3).
 
-use super::{ManifestRecord, MetaError, MetadataStore, RefKind, StoreLock};
+use super::{ManifestRecord, MetaError, MetadataStore, RefKind};
 use crate::oci::{Digest, RepoName, name::Tag};
 
 /// A repository as maintenance sees it.
@@ -203,11 +203,4 @@ pub trait MaintenanceStore: MetadataStore {
 
     /// Totals.
     async fn stats(&self) -> Result<StoreStats, MetaError>;
-
-    /// The lease on a scheduled job (`gc`, `retention`, `scrub`), so that of several replicas sharing the store one
-    /// runs it at a time; `None` while another holds it. The lease ends when dropped or when its holder dies, and
-    /// the next replica to schedule the job takes it. Default: always granted (one server per store).
-    async fn try_lease(&self, _job: &str) -> Result<Option<StoreLock>, MetaError> {
-        Ok(Some(StoreLock::new(Box::new(()))))
-    }
 }

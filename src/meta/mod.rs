@@ -1,14 +1,18 @@
 //! The metadata store: the source of truth for what exists (design §4). Every operation that must be atomic with
-//! respect to the invariants (§5) is one method here, implemented as one transaction by each backend, so the domain
-//! never composes multi-step writes that could interleave with another request.
+//! respect to the invariants (§5) is one method here, implemented once as one transaction (`store`) over a thin
+//! layer that runs it on SQLite or PostgreSQL (`sql`), so the domain never composes multi-step writes that could
+//! interleave with another request, and the two backends cannot drift apart.
 
 pub mod maint;
-pub mod postgres;
-pub mod sqlite;
-mod sqlite_maint;
-mod sqlite_ui;
+mod schema;
+pub mod sql;
+mod store;
 pub mod transfer;
 pub mod ui;
+
+pub use sql::postgres::PgSettings;
+pub use sql::sqlite::Synchronous;
+pub use store::SqlStore;
 
 use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
 
@@ -158,7 +162,7 @@ pub struct Page {
 }
 
 #[async_trait::async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: Coordination {
     /// Records a verified blob (its bytes are already published) and links it into `repo`.
     async fn commit_blob(
         &self,
@@ -304,8 +308,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_upload(&self, id: &str) -> Result<(), MetaError>;
     /// Ids of sessions started before `started_before` (unix seconds).
     async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError>;
+}
 
-    /// Replicas: takes the right to write the next chunk of upload `id` for `writer` during `ttl`, if the session
+/// What only replicas sharing a store need: locks and leases that exclude the other replicas, and upload claims.
+/// The defaults are for a store one server owns (SQLite): nothing to exclude, every claim granted.
+#[async_trait::async_trait]
+pub trait Coordination: Send + Sync + 'static {
+    /// Takes the right to write the next chunk of upload `id` for `writer` during `ttl`, if the session
     /// still stands at `offset` committed bytes and no other writer holds an unexpired claim. A claim whose writer
     /// starts with `stale_prefix` is taken over whatever its expiry (the caller knows such claims are dead). False
     /// otherwise. Only called for sessions whose record has `committed` (the default, for a single process,
@@ -321,7 +330,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// Replicas: extends `writer`'s claim on upload `id` by `ttl` from now. False when the claim was lost.
+    /// Extends `writer`'s claim on upload `id` by `ttl` from now. False when the claim was lost.
     async fn renew_upload_claim(
         &self,
         _id: &str,
@@ -331,7 +340,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// Replicas: ends `writer`'s claim on upload `id`, recording `offset` as the session's committed length. False
+    /// Ends `writer`'s claim on upload `id`, recording `offset` as the session's committed length. False
     /// when the claim was lost (expired and taken, or the session is gone): the chunk then counts as not received.
     async fn release_upload(
         &self,
@@ -356,9 +365,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn try_lease_fetch(&self, _key: &str) -> Result<FetchLease, MetaError> {
         Ok(FetchLease::NotShared)
     }
+
+    /// The lease on a scheduled job (`gc`, `retention`, `scrub`), so that of several replicas sharing the store one
+    /// runs it at a time; `None` while another holds it. The lease ends when dropped or when its holder dies, and
+    /// the next replica to schedule the job takes it. Default: always granted (one server per store).
+    async fn try_lease(&self, _job: &str) -> Result<Option<StoreLock>, MetaError> {
+        Ok(Some(StoreLock::new(Box::new(()))))
+    }
 }
 
-/// Outcome of [`MetadataStore::try_lease_fetch`].
+/// Outcome of [`Coordination::try_lease_fetch`].
 #[derive(Debug)]
 pub enum FetchLease {
     /// This process holds the lease until the lock is dropped.
