@@ -11,63 +11,15 @@
 
 use super::MetaError;
 
-/// A column type, rendered per backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Type {
-    Int,
-    Text,
-    /// INTEGER 0/1 on SQLite.
-    Bool,
-    /// The table's generated integer key.
-    Serial,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Column {
-    pub name: &'static str,
-    pub ty: Type,
-    /// `NOT NULL`, `UNIQUE`, `DEFAULT …`, `REFERENCES …`: the same words on both backends.
-    pub rest: &'static str,
-    /// Copied by `migrate-storage` (a cache stamp that triggers maintain is not).
-    pub copied: bool,
-}
-
-const fn col(name: &'static str, ty: Type, rest: &'static str) -> Column {
-    Column {
-        name,
-        ty,
-        rest,
-        copied: true,
-    }
-}
-
-const fn stamp(name: &'static str, ty: Type, rest: &'static str) -> Column {
-    Column {
-        name,
-        ty,
-        rest,
-        copied: false,
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Table {
-    pub name: &'static str,
-    pub columns: &'static [Column],
-    /// The primary key (also the order in which `migrate-storage` reads).
-    pub key: &'static [&'static str],
-    /// Table constraints after the columns (composite keys, foreign keys).
-    pub constraints: &'static [&'static str],
-    /// Copied by `migrate-storage`: not upload sessions (their bytes are temporary objects of the source's blob
-    /// store) nor GC tombstones (they name bytes whose rows are already gone).
-    pub copied: bool,
-}
-
-/// One change of the schema.
+/// One change of the schema. Tables and columns are written in a neutral dialect whose type words are `SERIAL`
+/// (the table's generated integer key), `INT`, `TEXT` and `BOOL` (INTEGER 0/1 on SQLite); the rest of each
+/// column (`NOT NULL`, `DEFAULT …`, `REFERENCES …`) and the table constraints are the same words on both.
 #[derive(Debug, Clone, Copy)]
 pub enum Step {
-    Table(Table),
-    AddColumn(&'static str, Column),
+    /// `CREATE TABLE name (columns and constraints, comma-separated)`.
+    Table(&'static str, &'static str),
+    /// `ALTER TABLE table ADD COLUMN column`.
+    AddColumn(&'static str, &'static str),
     /// A statement spelled the same on both backends (indexes).
     Both(&'static str),
     /// A statement each backend spells its own way (triggers).
@@ -77,121 +29,67 @@ pub enum Step {
     },
 }
 
-use Type::{Bool, Int, Serial, Text};
+use Step::{AddColumn, Both, Table};
+
+/// What `migrate-storage` leaves out: upload sessions (their bytes are temporary objects of the source's blob
+/// store), GC tombstones (they name bytes whose rows are already gone) and `repository.tag_version` (a cache stamp
+/// the tag triggers maintain).
+const NOT_COPIED: &[&str] = &[
+    "upload",
+    "upload_owner",
+    "blob_tombstone",
+    "repository.tag_version",
+];
 
 /// Versions in order: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&[Step]] = &[
     // 1: the registry.
     &[
-        Step::Table(Table {
-            name: "repository",
-            columns: &[
-                col("id", Serial, ""),
-                col("name", Text, "NOT NULL UNIQUE"),
-                col("kind", Text, "NOT NULL DEFAULT 'private'"),
-                col("mirror", Text, ""),
-                col("created_at", Int, "NOT NULL"),
-            ],
-            key: &["id"],
-            constraints: &[],
-            copied: true,
-        }),
-        Step::Table(Table {
-            name: "blob",
-            columns: &[
-                col("digest", Text, "PRIMARY KEY"),
-                col("size", Int, "NOT NULL"),
-                col("created_at", Int, "NOT NULL"),
-                col("last_access", Int, "NOT NULL"),
-            ],
-            key: &["digest"],
-            constraints: &[],
-            copied: true,
-        }),
-        Step::Table(Table {
-            name: "repo_blob",
-            columns: &[
-                col("repo", Int, "NOT NULL REFERENCES repository(id)"),
-                col("digest", Text, "NOT NULL REFERENCES blob(digest)"),
-                col("created_at", Int, "NOT NULL"),
-            ],
-            key: &["repo", "digest"],
-            constraints: &["PRIMARY KEY (repo, digest)"],
-            copied: true,
-        }),
-        Step::Both("CREATE INDEX repo_blob_digest ON repo_blob(digest)"),
-        Step::Table(Table {
-            name: "manifest",
-            columns: &[
-                col("repo", Int, "NOT NULL REFERENCES repository(id)"),
-                col("digest", Text, "NOT NULL REFERENCES blob(digest)"),
-                col("media_type", Text, "NOT NULL"),
-                col("artifact_type", Text, ""),
-                col("subject", Text, ""),
-                col("size", Int, "NOT NULL"),
-                col("annotations", Text, ""),
-                col("created_at", Int, "NOT NULL"),
-                col("last_pulled", Int, ""),
-            ],
-            key: &["repo", "digest"],
-            constraints: &["PRIMARY KEY (repo, digest)"],
-            copied: true,
-        }),
-        Step::Both(
-            "CREATE INDEX manifest_subject ON manifest(repo, subject) WHERE subject IS NOT NULL",
+        Table(
+            "repository",
+            "id SERIAL, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL DEFAULT 'private', mirror TEXT,
+             created_at INT NOT NULL",
         ),
-        Step::Table(Table {
-            name: "manifest_ref",
-            columns: &[
-                col("repo", Int, "NOT NULL"),
-                col("manifest", Text, "NOT NULL"),
-                col("child", Text, "NOT NULL"),
-                col("kind", Text, "NOT NULL"),
-            ],
-            key: &["repo", "manifest", "child", "kind"],
-            constraints: &[
-                "PRIMARY KEY (repo, manifest, child, kind)",
-                "FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)",
-            ],
-            copied: true,
-        }),
-        Step::Both("CREATE INDEX manifest_ref_child ON manifest_ref(repo, child)"),
-        Step::Table(Table {
-            name: "tag",
-            columns: &[
-                col("repo", Int, "NOT NULL REFERENCES repository(id)"),
-                col("name", Text, "NOT NULL"),
-                col("manifest", Text, "NOT NULL"),
-                col("updated_at", Int, "NOT NULL"),
-            ],
-            key: &["repo", "name"],
-            constraints: &[
-                "PRIMARY KEY (repo, name)",
-                "FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)",
-            ],
-            copied: true,
-        }),
-        Step::Both("CREATE INDEX tag_manifest ON tag(repo, manifest)"),
-        Step::Table(Table {
-            name: "upload",
-            columns: &[
-                col("id", Text, "PRIMARY KEY"),
-                col("repo", Text, "NOT NULL"),
-                col("algorithm", Text, "NOT NULL"),
-                col("started_at", Int, "NOT NULL"),
-            ],
-            key: &["id"],
-            constraints: &[],
-            copied: false,
-        }),
+        Table(
+            "blob",
+            "digest TEXT PRIMARY KEY, size INT NOT NULL, created_at INT NOT NULL, last_access INT NOT NULL",
+        ),
+        Table(
+            "repo_blob",
+            "repo INT NOT NULL REFERENCES repository(id), digest TEXT NOT NULL REFERENCES blob(digest),
+             created_at INT NOT NULL, PRIMARY KEY (repo, digest)",
+        ),
+        Both("CREATE INDEX repo_blob_digest ON repo_blob(digest)"),
+        Table(
+            "manifest",
+            "repo INT NOT NULL REFERENCES repository(id), digest TEXT NOT NULL REFERENCES blob(digest),
+             media_type TEXT NOT NULL, artifact_type TEXT, subject TEXT, size INT NOT NULL, annotations TEXT,
+             created_at INT NOT NULL, last_pulled INT, PRIMARY KEY (repo, digest)",
+        ),
+        Both("CREATE INDEX manifest_subject ON manifest(repo, subject) WHERE subject IS NOT NULL"),
+        Table(
+            "manifest_ref",
+            "repo INT NOT NULL, manifest TEXT NOT NULL, child TEXT NOT NULL, kind TEXT NOT NULL,
+             PRIMARY KEY (repo, manifest, child, kind),
+             FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)",
+        ),
+        Both("CREATE INDEX manifest_ref_child ON manifest_ref(repo, child)"),
+        Table(
+            "tag",
+            "repo INT NOT NULL REFERENCES repository(id), name TEXT NOT NULL, manifest TEXT NOT NULL,
+             updated_at INT NOT NULL, PRIMARY KEY (repo, name),
+             FOREIGN KEY (repo, manifest) REFERENCES manifest(repo, digest)",
+        ),
+        Both("CREATE INDEX tag_manifest ON tag(repo, manifest)"),
+        Table(
+            "upload",
+            "id TEXT PRIMARY KEY, repo TEXT NOT NULL, algorithm TEXT NOT NULL, started_at INT NOT NULL",
+        ),
     ],
     // 2: tag lists are served from memory while a repository's tag_version is unchanged; triggers keep it exact
     // whoever writes (this process, the CLI, another replica). Only adding and removing a tag changes the list.
     &[
-        Step::AddColumn(
-            "repository",
-            stamp("tag_version", Int, "NOT NULL DEFAULT 0"),
-        ),
+        AddColumn("repository", "tag_version INT NOT NULL DEFAULT 0"),
         Step::Native {
             sqlite: "CREATE TRIGGER tag_added AFTER INSERT ON tag BEGIN
                          UPDATE repository SET tag_version = tag_version + 1 WHERE id = NEW.repo;
@@ -218,90 +116,89 @@ pub const MIGRATIONS: &[&[Step]] = &[
     // 3: maintenance: bytes whose row garbage collection deleted and that wait for deletion under the digest lock
     // (written in the row's transaction, so a crash in between loses nothing), and the history of runs.
     &[
-        Step::Table(Table {
-            name: "blob_tombstone",
-            columns: &[
-                col("digest", Text, "PRIMARY KEY"),
-                col("deleted_at", Int, "NOT NULL"),
-            ],
-            key: &["digest"],
-            constraints: &[],
-            copied: false,
-        }),
-        Step::Table(Table {
-            name: "maint_run",
-            columns: &[
-                col("id", Serial, ""),
-                col("kind", Text, "NOT NULL"),
-                col("started_at", Int, "NOT NULL"),
-                col("finished_at", Int, ""),
-                col("outcome", Text, "NOT NULL"),
-                col("dry_run", Bool, "NOT NULL"),
-                col("summary", Text, ""),
-            ],
-            key: &["id"],
-            constraints: &[],
-            copied: true,
-        }),
-        Step::Both("CREATE INDEX maint_run_kind ON maint_run(kind, id)"),
+        Table("blob_tombstone", "digest TEXT PRIMARY KEY, deleted_at INT NOT NULL"),
+        Table(
+            "maint_run",
+            "id SERIAL, kind TEXT NOT NULL, started_at INT NOT NULL, finished_at INT, outcome TEXT NOT NULL,
+             dry_run BOOL NOT NULL, summary TEXT",
+        ),
+        Both("CREATE INDEX maint_run_kind ON maint_run(kind, id)"),
     ],
     // 4: access control: users, personal access tokens (only a hash of the secret), and the principal that opened
     // each upload session (a session is continued only by whoever opened it).
     &[
-        Step::Table(Table {
-            name: "auth_user",
-            columns: &[
-                col("name", Text, "PRIMARY KEY"),
-                col("password_hash", Text, "NOT NULL"),
-                col("admin", Bool, "NOT NULL DEFAULT FALSE"),
-                col("created_at", Int, "NOT NULL"),
-            ],
-            key: &["name"],
-            constraints: &[],
-            copied: true,
-        }),
-        Step::Table(Table {
-            name: "auth_token",
-            columns: &[
-                col("id", Text, "PRIMARY KEY"),
-                col(
-                    "\"user\"",
-                    Text,
-                    "NOT NULL REFERENCES auth_user(name) ON DELETE CASCADE",
-                ),
-                col("name", Text, "NOT NULL"),
-                col("secret_hash", Text, "NOT NULL"),
-                col("scopes", Text, "NOT NULL"),
-                col("created_at", Int, "NOT NULL"),
-                col("expires_at", Int, ""),
-                col("last_used", Int, ""),
-            ],
-            key: &["id"],
-            constraints: &[],
-            copied: true,
-        }),
-        Step::Both("CREATE INDEX auth_token_user ON auth_token(\"user\")"),
-        Step::Table(Table {
-            name: "upload_owner",
-            columns: &[
-                col("id", Text, "PRIMARY KEY REFERENCES upload(id) ON DELETE CASCADE"),
-                col("principal", Text, "NOT NULL"),
-            ],
-            key: &["id"],
-            constraints: &[],
-            copied: false,
-        }),
+        Table(
+            "auth_user",
+            "name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, admin BOOL NOT NULL DEFAULT FALSE,
+             created_at INT NOT NULL",
+        ),
+        Table(
+            "auth_token",
+            r#"id TEXT PRIMARY KEY, "user" TEXT NOT NULL REFERENCES auth_user(name) ON DELETE CASCADE,
+               name TEXT NOT NULL, secret_hash TEXT NOT NULL, scopes TEXT NOT NULL, created_at INT NOT NULL,
+               expires_at INT, last_used INT"#,
+        ),
+        Both(r#"CREATE INDEX auth_token_user ON auth_token("user")"#),
+        Table(
+            "upload_owner",
+            "id TEXT PRIMARY KEY REFERENCES upload(id) ON DELETE CASCADE, principal TEXT NOT NULL",
+        ),
     ],
     // 5: upload sessions continued by any replica: the committed length is the session's authority, and a chunk is
     // written under a claim (`writer` until `writer_until`, unix seconds of the database's clock) that excludes
     // writers on other replicas without holding a connection. NULL `committed`: one process owns the session.
     &[
-        Step::AddColumn("upload", col("committed", Int, "")),
-        Step::AddColumn("upload", col("writer", Text, "")),
-        Step::AddColumn("upload", col("writer_until", Int, "")),
-        Step::Both("CREATE INDEX IF NOT EXISTS manifest_digest ON manifest(digest)"),
+        AddColumn("upload", "committed INT"),
+        AddColumn("upload", "writer TEXT"),
+        AddColumn("upload", "writer_until INT"),
+        Both("CREATE INDEX IF NOT EXISTS manifest_digest ON manifest(digest)"),
     ],
 ];
+
+/// A column's type word in the neutral dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Serial,
+    Int,
+    Text,
+    Bool,
+}
+
+/// A column as the latest version has it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: Type,
+    pub copied: bool,
+}
+
+/// Splits at the commas outside parentheses.
+fn items(list: &'static str) -> impl Iterator<Item = &'static str> {
+    let mut depth = 0i32;
+    list.split(move |c| {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        c == ',' && depth == 0
+    })
+    .map(str::trim)
+}
+
+/// A column definition's name and type (`None` for a table constraint).
+fn column<'a>(def: &'a str) -> Option<(&'a str, Type)> {
+    let mut words = def.split_whitespace();
+    let name = words.next()?;
+    let ty = match words.next()? {
+        "SERIAL" => Type::Serial,
+        "INT" => Type::Int,
+        "TEXT" => Type::Text,
+        "BOOL" => Type::Bool,
+        _ => return None,
+    };
+    Some((name, ty))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -309,47 +206,41 @@ pub enum Backend {
     Postgres,
 }
 
-fn render_column(c: &Column, backend: Backend) -> String {
-    let ty = match (c.ty, backend) {
-        (Int | Bool, Backend::Sqlite) => "INTEGER",
-        (Text, Backend::Sqlite) => "TEXT",
-        (Serial, Backend::Sqlite) => "INTEGER PRIMARY KEY",
-        (Int, Backend::Postgres) => "BIGINT",
-        (Text, Backend::Postgres) => "TEXT COLLATE \"C\"",
-        (Bool, Backend::Postgres) => "BOOLEAN",
-        (Serial, Backend::Postgres) => "BIGSERIAL PRIMARY KEY",
+fn render_column(def: &str, backend: Backend) -> String {
+    let Some((name, ty)) = column(def) else {
+        return def.to_owned();
     };
-    format!("{} {ty} {}", c.name, c.rest).trim_end().to_owned()
+    let word = match (ty, backend) {
+        (Type::Serial, Backend::Sqlite) => "INTEGER PRIMARY KEY",
+        (Type::Int | Type::Bool, Backend::Sqlite) => "INTEGER",
+        (Type::Text, Backend::Sqlite) => "TEXT",
+        (Type::Serial, Backend::Postgres) => "BIGSERIAL PRIMARY KEY",
+        (Type::Int, Backend::Postgres) => "BIGINT",
+        (Type::Text, Backend::Postgres) => "TEXT COLLATE \"C\"",
+        (Type::Bool, Backend::Postgres) => "BOOLEAN",
+    };
+    let rest = def.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    format!("{name} {word} {rest}").trim_end().to_owned()
 }
 
 fn render(step: &Step, backend: Backend) -> String {
     match step {
-        Step::Table(t) => {
-            let mut parts: Vec<String> = t
-                .columns
-                .iter()
-                .map(|c| render_column(c, backend))
-                .collect();
-            parts.extend(t.constraints.iter().map(|c| c.to_string()));
+        Table(name, defs) => {
+            let parts: Vec<String> = items(defs).map(|d| render_column(d, backend)).collect();
             // Composite keys are the row's identity on SQLite too: no hidden rowid beside them.
-            let suffix = if backend == Backend::Sqlite && t.key.len() > 1 {
+            let composite = defs.contains("PRIMARY KEY (");
+            let suffix = if backend == Backend::Sqlite && composite {
                 " WITHOUT ROWID"
             } else {
                 ""
             };
-            format!(
-                "CREATE TABLE {} (\n    {}\n){suffix};",
-                t.name,
-                parts.join(",\n    ")
-            )
+            format!("CREATE TABLE {name} ({}){suffix};", parts.join(", "))
         }
-        Step::AddColumn(table, c) => {
-            format!(
-                "ALTER TABLE {table} ADD COLUMN {};",
-                render_column(c, backend)
-            )
-        }
-        Step::Both(sql) => format!("{sql};"),
+        AddColumn(table, def) => format!(
+            "ALTER TABLE {table} ADD COLUMN {};",
+            render_column(def, backend)
+        ),
+        Both(sql) => format!("{sql};"),
         Step::Native { sqlite, postgres } => match backend {
             Backend::Sqlite => sqlite.to_string(),
             Backend::Postgres => postgres.to_string(),
@@ -391,34 +282,54 @@ pub fn postgres_version(stored: i64) -> i64 {
 pub struct TableShape {
     pub name: &'static str,
     pub columns: Vec<Column>,
-    pub key: &'static [&'static str],
+    /// The primary key (also the order in which `migrate-storage` reads).
+    pub key: Vec<&'static str>,
     pub copied: bool,
 }
 
 impl TableShape {
     /// Whether the table's key is a generated serial (a PostgreSQL sequence must move past copied ids).
     pub fn serial(&self) -> bool {
-        self.columns.iter().any(|c| c.ty == Serial)
+        self.columns.iter().any(|c| c.ty == Type::Serial)
     }
 }
 
 /// Every table of the latest version, in creation order (parents before children, as foreign keys need).
 pub fn tables() -> Vec<TableShape> {
     let mut out: Vec<TableShape> = Vec::new();
+    let add = |t: &mut TableShape, def: &'static str| {
+        if let Some((name, ty)) = column(def) {
+            let copied = !NOT_COPIED.contains(&format!("{}.{name}", t.name).as_str());
+            t.columns.push(Column { name, ty, copied });
+            if ty == Type::Serial || def.contains("PRIMARY KEY") {
+                t.key = vec![name];
+            }
+        } else if let Some(key) = def.strip_prefix("PRIMARY KEY (") {
+            t.key = key
+                .trim_end_matches(')')
+                .split(',')
+                .map(str::trim)
+                .collect();
+        }
+    };
     for step in MIGRATIONS.iter().flat_map(|m| m.iter()) {
-        match step {
-            Step::Table(t) => out.push(TableShape {
-                name: t.name,
-                columns: t.columns.to_vec(),
-                key: t.key,
-                copied: t.copied,
-            }),
-            Step::AddColumn(table, c) => {
-                if let Some(t) = out.iter_mut().find(|t| t.name == *table) {
-                    t.columns.push(*c);
+        match *step {
+            Table(name, defs) => {
+                let mut t = TableShape {
+                    name,
+                    columns: Vec::new(),
+                    key: Vec::new(),
+                    copied: !NOT_COPIED.contains(&name),
+                };
+                items(defs).for_each(|d| add(&mut t, d));
+                out.push(t);
+            }
+            AddColumn(table, def) => {
+                if let Some(t) = out.iter_mut().find(|t| t.name == table) {
+                    add(t, def);
                 }
             }
-            Step::Both(_) | Step::Native { .. } => {}
+            Both(_) | Step::Native { .. } => {}
         }
     }
     out
@@ -429,14 +340,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_added_column_names_a_table_created_before_it() {
-        let mut created = Vec::new();
+    fn every_table_has_a_key_and_every_column_a_type() {
         for step in MIGRATIONS.iter().flat_map(|m| m.iter()) {
-            match step {
-                Step::Table(t) => created.push(t.name),
-                Step::AddColumn(table, _) => assert!(created.contains(table), "{table}"),
-                _ => {}
+            if let AddColumn(_, def) = step {
+                assert!(column(def).is_some(), "{def}");
             }
+        }
+        for t in tables() {
+            assert!(!t.key.is_empty(), "{} has a key", t.name);
+            assert!(
+                t.key.iter().all(|k| t.columns.iter().any(|c| c.name == *k)),
+                "{}",
+                t.name
+            );
         }
     }
 

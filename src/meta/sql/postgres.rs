@@ -280,7 +280,12 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), MetaError> {
         tx.execute("INSERT INTO berth_schema (version) VALUES (0)", &[])
             .await?;
     }
-    let version = schema::postgres_version(stored.unwrap_or(0).into());
+    let stored = stored.unwrap_or(0);
+    let version = schema::postgres_version(stored.into());
+    if version != i64::from(stored) {
+        tx.execute("UPDATE berth_schema SET version = $1", &[&(version as i32)])
+            .await?;
+    }
     for (v, sql) in schema::pending(schema::Backend::Postgres, version)? {
         tx.batch_execute(&sql).await?;
         tx.execute("UPDATE berth_schema SET version = $1", &[&(v as i32)])
