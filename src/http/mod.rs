@@ -102,12 +102,25 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .await
     {
         Ok(_) => {}
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: metadata store");
+            return not_ready("metadata store unavailable");
+        }
     }
     match state.registry.blob_store().ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("blob store: {e}")).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: blob store");
+            not_ready("blob store unavailable")
+        }
     }
+}
+
+/// `/readyz` names the store that is down; the driver's text is logged (probes often reach the public port).
+fn not_ready(why: &'static str) -> Response {
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    error::retry_after(&mut r);
+    r
 }
 
 async fn metrics_text() -> Response {
@@ -170,7 +183,8 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     let id = request_id(req.headers());
     let bytes_in = content_length(req.headers());
     let start = std::time::Instant::now();
-    let mut resp = next.run(req).await;
+    // Errors built while serving the request name this id, and their log lines carry it (`http::error`).
+    let mut resp = error::with_request_id(id.clone(), next.run(req)).await;
     let elapsed = start.elapsed();
     let route = route_label(&path);
     let labels = crate::metrics::HttpLabels {
@@ -306,7 +320,7 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
         && let Some(id) = header_str(resp.headers(), &DOCKER_UPLOAD_UUID)
         && let Err(e) = state.auth.bind_upload(id, &caller).await
     {
-        return RegistryError::Internal(e.to_string()).into_response();
+        return RegistryError::from(e).into_response();
     }
     if resp.status().is_success() {
         let event = match (&method, route_label(&path)) {
