@@ -834,23 +834,46 @@ async fn put_manifest(
 }
 
 /// Pagination from `n`/`last`, asking the store for one extra entry to learn whether a next page exists.
-fn page(q: &[(String, String)]) -> Result<(Page, Option<usize>)> {
+///
+/// `n` is capped at `max` (`limits.max_page_size`): a larger page is cut there and gets a `Link` to the next one,
+/// as the spec allows a registry to return fewer than `n`. Without the cap, `n` near `usize::MAX` wrapped into a
+/// negative SQL `LIMIT` (all rows on SQLite, an error on PostgreSQL). A number too large for any integer type is
+/// a large number, not an invalid one; anything but digits is `PAGINATION_NUMBER_INVALID`.
+fn page(q: &[(String, String)], max: usize) -> Result<(Page, Option<usize>)> {
     let n = match param(q, "n") {
-        Some(n) => Some(n.parse::<usize>().map_err(|_| {
-            RegistryError::PaginationInvalid(format!("n={n:?} is not a non-negative integer"))
-        })?),
+        Some(n) => Some(match n.parse::<usize>() {
+            Ok(n) => n.min(max),
+            Err(_) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => max,
+            Err(_) => {
+                return Err(RegistryError::PaginationInvalid(format!(
+                    "n={n:?} is not a non-negative integer"
+                )));
+            }
+        }),
         None => None,
     };
-    let last = param(q, "last")
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned);
+    let last = param(q, "last").filter(|l| !l.is_empty());
+    if let Some(l) = last {
+        no_nul("last", l)?;
+    }
     Ok((
         Page {
-            n: n.map(|n| n.saturating_add(1)),
-            last,
+            n: n.map(|n| n + 1),
+            last: last.map(str::to_owned),
         },
         n,
     ))
+}
+
+/// Refuses a query value with a NUL byte. No repository name or tag contains one, SQLite and PostgreSQL would
+/// answer such a query differently (PostgreSQL text cannot hold NUL at all), so every backend gets the same 400.
+fn no_nul(key: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(RegistryError::QueryInvalid(format!(
+            "{key} must not contain a NUL byte"
+        )));
+    }
+    Ok(())
 }
 
 /// Trims the extra entry and builds the `Link` header for the next page.
@@ -873,7 +896,7 @@ fn paginate(
 }
 
 async fn tags(reg: &Registry, repo: &RepoName, q: &[(String, String)]) -> Result<Response> {
-    let (p, n) = page(q)?;
+    let (p, n) = page(q, reg.max_page_size())?;
     let tags = reg.list_tags(repo, &p).await?;
     let (tags, link) = paginate(tags, n, &format!("/v2/{repo}/tags/list"));
     #[derive(serde::Serialize)]
@@ -901,7 +924,7 @@ async fn catalog(
     q: &[(String, String)],
 ) -> Result<Response> {
     const BATCH: usize = 1000;
-    let (p, n) = page(q)?;
+    let (p, n) = page(q, state.registry.max_page_size())?;
     let mut repos = Vec::new();
     let mut last = p.last.clone();
     loop {

@@ -285,6 +285,9 @@ async fn repositories(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if let Err(r) = checked_query(&v, &q) {
+        return r;
+    }
     let caller = v.caller.clone();
     let may_pull = |name: &str| super::auth::may_list(&state, &caller, name);
     match ui
@@ -308,7 +311,10 @@ async fn tags(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let name = q.repo.unwrap_or_default();
+    if let Err(r) = checked_query(&v, &q) {
+        return r;
+    }
+    let name = q.repo.clone().unwrap_or_default();
     let Some((repo, kind, may_delete)) = readable(&state, &v, &name) else {
         return not_found(&v);
     };
@@ -354,7 +360,10 @@ async fn manifest(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let name = q.repo.unwrap_or_default();
+    if let Err(r) = checked_query(&v, &q) {
+        return r;
+    }
+    let name = q.repo.clone().unwrap_or_default();
     let Some((repo, kind, may_delete)) = readable(&state, &v, &name) else {
         return not_found(&v);
     };
