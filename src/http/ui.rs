@@ -217,13 +217,12 @@ fn bad_query(v: &Visitor, why: &str) -> Response {
 
 /// Search text and page positions with a NUL byte are refused here, the same on every metadata backend (no
 /// name or tag contains one, and PostgreSQL text cannot hold it).
-fn checked_query(v: &Visitor, q: &ListQuery) -> Result<(), Response> {
-    for (key, value) in [("q", &q.q), ("last", &q.last)] {
-        if value.as_deref().is_some_and(|s| s.contains('\0')) {
-            return Err(bad_query(v, &format!("{key} must not contain a NUL byte")));
-        }
-    }
-    Ok(())
+/// The refusal, if any.
+fn refused_query(v: &Visitor, q: &ListQuery) -> Option<Response> {
+    [("q", &q.q), ("last", &q.last)]
+        .into_iter()
+        .find(|(_, value)| value.as_deref().is_some_and(|s| s.contains('\0')))
+        .map(|(key, _)| bad_query(v, &format!("{key} must not contain a NUL byte")))
 }
 
 /// The one answer for "no such repository, tag or manifest" and "not yours to see".
@@ -285,7 +284,7 @@ async fn repositories(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = checked_query(&v, &q) {
+    if let Some(r) = refused_query(&v, &q) {
         return r;
     }
     let caller = v.caller.clone();
@@ -311,7 +310,7 @@ async fn tags(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = checked_query(&v, &q) {
+    if let Some(r) = refused_query(&v, &q) {
         return r;
     }
     let name = q.repo.clone().unwrap_or_default();
@@ -360,7 +359,7 @@ async fn manifest(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(r) = checked_query(&v, &q) {
+    if let Some(r) = refused_query(&v, &q) {
         return r;
     }
     let name = q.repo.clone().unwrap_or_default();
