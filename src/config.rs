@@ -487,6 +487,10 @@ pub struct Limits {
     /// Upload sessions older than this are discarded with their bytes.
     #[serde(with = "humantime_serde")]
     pub upload_expiry: Duration,
+    /// Most entries one page of `/v2/_catalog` or a tag list holds. A client asking for more (`?n=`) gets this
+    /// many and a `Link` header to the next page, as the distribution spec allows; without `n` a tag list is
+    /// still whole.
+    pub max_page_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -596,6 +600,7 @@ impl Default for Limits {
         Limits {
             max_manifest_size: ByteSize::mib(4),
             upload_expiry: Duration::from_secs(24 * 3600),
+            max_page_size: 1000,
         }
     }
 }
@@ -811,6 +816,8 @@ postgres_pool_size = 16
 max_manifest_size = "4.0 MiB"
 # Upload sessions older than this are discarded together with their bytes.
 upload_expiry = "24h"
+# Most entries in one page of /v2/_catalog or a tag list: a larger ?n= gets this many and a Link to the rest.
+max_page_size = 1000
 
 [log]
 # "human" or "json" (one object per line).
@@ -1093,6 +1100,11 @@ impl Config {
                     "storage.redirect_ttl must be between 1s and 7 days".into(),
                 ));
             }
+        }
+        if self.limits.max_page_size == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_page_size must be positive".into(),
+            ));
         }
         if self.limits.max_manifest_size.as_u64() == 0 {
             return Err(ConfigError::Invalid(

@@ -126,6 +126,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let limits = Limits {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
+        max_page_size: config.limits.max_page_size,
     };
     let mut registry =
         Registry::new(blobs, meta.clone(), limits).with_lock_file(dir.join("digest.locks"));

@@ -95,7 +95,7 @@ fn content_problem(e: &TargetError) -> Option<String> {
             Some(e.to_string())
         }
         TargetError::Registry { source, .. } => match source {
-            RegistryError::Internal(_) => None,
+            RegistryError::Internal(_) | RegistryError::Unavailable { .. } => None,
             _ => Some(e.to_string()),
         },
         _ => None,

@@ -47,13 +47,20 @@ pub enum AuthError {
     RateLimited(u64),
     #[error("access token invalid: {0}")]
     InvalidToken(String),
+    /// The metadata store holding users and tokens cannot be reached right now (the client may retry).
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl From<crate::meta::MetaError> for AuthError {
     fn from(e: crate::meta::MetaError) -> Self {
-        AuthError::Internal(e.to_string())
+        use crate::meta::MetaError;
+        match e {
+            MetaError::Unavailable(d) | MetaError::Conflict(d) => AuthError::Unavailable(d),
+            e => AuthError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::auth::store::{TokenRecord, UserRecord};
 use crate::auth::{AccountError, Actions, Caller, RepoGlob};
+use crate::registry::RegistryError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,6 +28,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Refusals name what was wrong with the request; store outages (503) and internal failures (500, the request
+/// id only) follow the error policy of `http::error`, through the registry's error type.
 fn account_error(e: AccountError) -> Response {
     let status = match &e {
         AccountError::NoSuchUser(_) | AccountError::NoSuchToken(_) => StatusCode::NOT_FOUND,
@@ -34,15 +37,14 @@ fn account_error(e: AccountError) -> Response {
         AccountError::InvalidName(_) | AccountError::EmptyPassword | AccountError::Invalid(_) => {
             StatusCode::BAD_REQUEST
         }
-        AccountError::Meta(_) | AccountError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AccountError::Meta(_) | AccountError::Internal(_) => {
+            return match e {
+                AccountError::Meta(m) => RegistryError::from(m).into_response(),
+                e => RegistryError::Internal(e.to_string()).into_response(),
+            };
+        }
     };
-    let code = if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(error = %e, "admin API request failed");
-        "UNKNOWN"
-    } else {
-        "INVALID"
-    };
-    error(status, code, &e.to_string())
+    error(status, "INVALID", &e.to_string())
 }
 
 /// `admin` for a handler: request bodies are not `Sync`, so only the headers are held across the await.
@@ -83,13 +85,7 @@ async fn admin(
                 "too many failed logins",
             ));
         }
-        Err(e) => {
-            return Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                &e.to_string(),
-            ));
-        }
+        Err(e) => return Err(RegistryError::from(e).into_response()),
     };
     let full_token = match &caller.pat {
         None => true,

@@ -153,12 +153,9 @@ fn auth_error(state: &AppState, headers: &HeaderMap, e: AuthError) -> Response {
             tracing::debug!(reason = %why, "refused access token");
             unauthorized(state, headers, None, Some("invalid_token"))
         }
-        AuthError::RateLimited(retry) => RegistryError::TooManyRequests {
-            retry_after: Some(retry),
-            message: "too many failed logins; try again later".into(),
+        e @ (AuthError::RateLimited(_) | AuthError::Unavailable(_) | AuthError::Internal(_)) => {
+            RegistryError::from(e).into_response()
         }
-        .into_response(),
-        AuthError::Internal(m) => RegistryError::Internal(m).into_response(),
     }
 }
 
@@ -358,14 +355,11 @@ pub async fn token_endpoint(state: &AppState, req: Request, ip: Option<IpAddr>) 
         Some(h) => match basic(h) {
             Some(Ok((u, p))) => match state.auth.login(&u, &p, ip).await {
                 Ok(c) => c,
-                Err(AuthError::RateLimited(r)) => {
-                    return RegistryError::TooManyRequests {
-                        retry_after: Some(r),
-                        message: "too many failed logins; try again later".into(),
-                    }
-                    .into_response();
-                }
-                Err(AuthError::Internal(m)) => return RegistryError::Internal(m).into_response(),
+                Err(
+                    e @ (AuthError::RateLimited(_)
+                    | AuthError::Unavailable(_)
+                    | AuthError::Internal(_)),
+                ) => return RegistryError::from(e).into_response(),
                 Err(_) => return token_unauthorized(),
             },
             _ => return token_unauthorized(),
@@ -396,7 +390,7 @@ pub async fn token_endpoint(state: &AppState, req: Request, ip: Option<IpAddr>) 
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err(e) => RegistryError::Internal(e.to_string()).into_response(),
+        Err(e) => RegistryError::from(e).into_response(),
     }
 }
 

@@ -102,12 +102,25 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .await
     {
         Ok(_) => {}
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: metadata store");
+            return not_ready("metadata store unavailable");
+        }
     }
     match state.registry.blob_store().ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("blob store: {e}")).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: blob store");
+            not_ready("blob store unavailable")
+        }
     }
+}
+
+/// `/readyz` names the store that is down; the driver's text is logged (probes often reach the public port).
+fn not_ready(why: &'static str) -> Response {
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    error::retry_after(&mut r);
+    r
 }
 
 async fn metrics_text() -> Response {
@@ -170,7 +183,8 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     let id = request_id(req.headers());
     let bytes_in = content_length(req.headers());
     let start = std::time::Instant::now();
-    let mut resp = next.run(req).await;
+    // Errors built while serving the request name this id, and their log lines carry it (`http::error`).
+    let mut resp = error::with_request_id(id.clone(), next.run(req)).await;
     let elapsed = start.elapsed();
     let route = route_label(&path);
     let labels = crate::metrics::HttpLabels {
@@ -306,7 +320,7 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
         && let Some(id) = header_str(resp.headers(), &DOCKER_UPLOAD_UUID)
         && let Err(e) = state.auth.bind_upload(id, &caller).await
     {
-        return RegistryError::Internal(e.to_string()).into_response();
+        return RegistryError::from(e).into_response();
     }
     if resp.status().is_success() {
         let event = match (&method, route_label(&path)) {
@@ -820,23 +834,46 @@ async fn put_manifest(
 }
 
 /// Pagination from `n`/`last`, asking the store for one extra entry to learn whether a next page exists.
-fn page(q: &[(String, String)]) -> Result<(Page, Option<usize>)> {
+///
+/// `n` is capped at `max` (`limits.max_page_size`): a larger page is cut there and gets a `Link` to the next one,
+/// as the spec allows a registry to return fewer than `n`. Without the cap, `n` near `usize::MAX` wrapped into a
+/// negative SQL `LIMIT` (all rows on SQLite, an error on PostgreSQL). A number too large for any integer type is
+/// a large number, not an invalid one; anything but digits is `PAGINATION_NUMBER_INVALID`.
+fn page(q: &[(String, String)], max: usize) -> Result<(Page, Option<usize>)> {
     let n = match param(q, "n") {
-        Some(n) => Some(n.parse::<usize>().map_err(|_| {
-            RegistryError::PaginationInvalid(format!("n={n:?} is not a non-negative integer"))
-        })?),
+        Some(n) => Some(match n.parse::<usize>() {
+            Ok(n) => n.min(max),
+            Err(_) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => max,
+            Err(_) => {
+                return Err(RegistryError::PaginationInvalid(format!(
+                    "n={n:?} is not a non-negative integer"
+                )));
+            }
+        }),
         None => None,
     };
-    let last = param(q, "last")
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned);
+    let last = param(q, "last").filter(|l| !l.is_empty());
+    if let Some(l) = last {
+        no_nul("last", l)?;
+    }
     Ok((
         Page {
-            n: n.map(|n| n.saturating_add(1)),
-            last,
+            n: n.map(|n| n + 1),
+            last: last.map(str::to_owned),
         },
         n,
     ))
+}
+
+/// Refuses a query value with a NUL byte. No repository name or tag contains one, SQLite and PostgreSQL would
+/// answer such a query differently (PostgreSQL text cannot hold NUL at all), so every backend gets the same 400.
+fn no_nul(key: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(RegistryError::QueryInvalid(format!(
+            "{key} must not contain a NUL byte"
+        )));
+    }
+    Ok(())
 }
 
 /// Trims the extra entry and builds the `Link` header for the next page.
@@ -859,7 +896,7 @@ fn paginate(
 }
 
 async fn tags(reg: &Registry, repo: &RepoName, q: &[(String, String)]) -> Result<Response> {
-    let (p, n) = page(q)?;
+    let (p, n) = page(q, reg.max_page_size())?;
     let tags = reg.list_tags(repo, &p).await?;
     let (tags, link) = paginate(tags, n, &format!("/v2/{repo}/tags/list"));
     #[derive(serde::Serialize)]
@@ -887,7 +924,7 @@ async fn catalog(
     q: &[(String, String)],
 ) -> Result<Response> {
     const BATCH: usize = 1000;
-    let (p, n) = page(q)?;
+    let (p, n) = page(q, state.registry.max_page_size())?;
     let mut repos = Vec::new();
     let mut last = p.last.clone();
     loop {

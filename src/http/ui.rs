@@ -142,6 +142,7 @@ async fn visitor(state: &AppState, headers: &HeaderMap) -> Result<Visitor, Respo
             caller,
             token: Some(token.to_owned()),
         }),
+        Err(AuthError::Unavailable(e)) => Err(unavailable(&e)),
         Err(AuthError::Internal(e)) => Err(internal(&e)),
         Err(_) => Ok(Visitor {
             caller: Caller::anonymous(),
@@ -166,16 +167,32 @@ fn not_found_plain() -> Response {
     (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
+/// A 500 page naming only the request id; the cause goes to the log under it (`http::error`'s policy).
 fn internal(e: &str) -> Response {
-    tracing::error!(error = e, "UI request failed");
+    let id = super::error::log_internal(e);
     html(
         StatusCode::INTERNAL_SERVER_ERROR,
         pages::message(
             &Ctx::default(),
             "Error",
-            "The server could not answer; see its log.",
+            &format!("The server could not answer; its log has the cause under request id {id}."),
         ),
     )
+}
+
+/// A 503 page with `Retry-After` while a store cannot be reached.
+fn unavailable(detail: &str) -> Response {
+    super::error::log_unavailable(detail);
+    let mut r = html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::message(
+            &Ctx::default(),
+            "Temporarily unavailable",
+            "The registry cannot reach its storage right now. Try again in a few seconds.",
+        ),
+    );
+    super::error::retry_after(&mut r);
+    r
 }
 
 fn registry_error(v: &Visitor, e: RegistryError) -> Response {
@@ -185,8 +202,27 @@ fn registry_error(v: &Visitor, e: RegistryError) -> Response {
             StatusCode::FORBIDDEN,
             pages::message(&v.ctx(), "Not permitted", &m),
         ),
+        RegistryError::QueryInvalid(m) => bad_query(v, &m),
+        RegistryError::Unavailable { detail, .. } => unavailable(&detail),
         e => internal(&e.to_string()),
     }
+}
+
+fn bad_query(v: &Visitor, why: &str) -> Response {
+    html(
+        StatusCode::BAD_REQUEST,
+        pages::message(&v.ctx(), "Invalid search", why),
+    )
+}
+
+/// Search text and page positions with a NUL byte are refused here, the same on every metadata backend (no
+/// name or tag contains one, and PostgreSQL text cannot hold it).
+/// The refusal, if any.
+fn refused_query(v: &Visitor, q: &ListQuery) -> Option<Response> {
+    [("q", &q.q), ("last", &q.last)]
+        .into_iter()
+        .find(|(_, value)| value.as_deref().is_some_and(|s| s.contains('\0')))
+        .map(|(key, _)| bad_query(v, &format!("{key} must not contain a NUL byte")))
 }
 
 /// The one answer for "no such repository, tag or manifest" and "not yours to see".
@@ -248,6 +284,9 @@ async fn repositories(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if let Some(r) = refused_query(&v, &q) {
+        return r;
+    }
     let caller = v.caller.clone();
     let may_pull = |name: &str| super::auth::may_list(&state, &caller, name);
     match ui
@@ -271,7 +310,10 @@ async fn tags(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let name = q.repo.unwrap_or_default();
+    if let Some(r) = refused_query(&v, &q) {
+        return r;
+    }
+    let name = q.repo.clone().unwrap_or_default();
     let Some((repo, kind, may_delete)) = readable(&state, &v, &name) else {
         return not_found(&v);
     };
@@ -317,7 +359,10 @@ async fn manifest(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let name = q.repo.unwrap_or_default();
+    if let Some(r) = refused_query(&v, &q) {
+        return r;
+    }
+    let name = q.repo.clone().unwrap_or_default();
     let Some((repo, kind, may_delete)) = readable(&state, &v, &name) else {
         return not_found(&v);
     };
@@ -519,6 +564,7 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
             let msg = format!("Too many failed sign-ins; try again in {retry} s.");
             return login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&msg), &user);
         }
+        Err(AuthError::Unavailable(e)) => return unavailable(&e),
         Err(AuthError::Internal(e)) => return internal(&e),
         Err(_) => {
             let msg = "Wrong user name or password.";

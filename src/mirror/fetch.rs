@@ -132,7 +132,7 @@ impl Download {
         let cached = || async {
             meta.link_mirror_blob(&self.repo, &self.mirror.name, &self.digest)
                 .await
-                .map_err(|e| UpstreamError::BadResponse(format!("cannot read cache: {e}")))
+                .map_err(|e| UpstreamError::cache("cannot read cache", e))
         };
         let deadline = Instant::now() + FOLLOW_LIMIT;
         loop {
@@ -205,9 +205,7 @@ impl Download {
             )
             .await?;
         let len = super::upstream::Upstream::announced_length(&resp);
-        let io = |e: crate::store::StoreError| {
-            UpstreamError::BadResponse(format!("cannot write cache: {e}"))
-        };
+        let io = |e: crate::store::StoreError| UpstreamError::cache("cannot write cache", e);
         blobs.create_upload(upload_id).await.map_err(io)?;
         let _ = tx.send(FetchState::Streaming { len, received: 0 });
 
@@ -255,7 +253,13 @@ impl Download {
         let written = blobs
             .append_upload_observed(upload_id, 0, stream, on_written)
             .await
-            .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
+            .map_err(|e| match e {
+                // The local store, not the upstream's body.
+                e @ crate::store::StoreError::Unavailable(_) => {
+                    UpstreamError::cache("cannot write cache", e)
+                }
+                e => UpstreamError::BadResponse(e.to_string()),
+            })?;
         let (hasher, received) = {
             let s = hasher.lock();
             (s.0.clone(), s.1)
@@ -276,7 +280,7 @@ impl Download {
         blobs.publish_upload(upload_id, digest).await.map_err(io)?;
         meta.cache_blob(repo, &mirror.name, digest, written)
             .await
-            .map_err(|e| UpstreamError::BadResponse(format!("cannot record cached blob: {e}")))?;
+            .map_err(|e| UpstreamError::cache("cannot record cached blob", e))?;
         Ok(Fetched::Upstream(written))
     }
 }

@@ -171,6 +171,11 @@ fn map_upstream(
             message: format!("{what}: {e}"),
         },
         UpstreamError::Timeout(_) => RegistryError::UpstreamTimeout(format!("{what}: {e}")),
+        UpstreamError::Cache {
+            unavailable: Some(message),
+            detail,
+        } => RegistryError::Unavailable { message, detail },
+        UpstreamError::Cache { detail, .. } => RegistryError::Internal(format!("{what}: {detail}")),
         other => RegistryError::Upstream(format!("{what}: {other}")),
     }
 }
@@ -274,7 +279,7 @@ impl Mirrors {
                 .metadata_store()
                 .touch_tag(repo, tag)
                 .await
-                .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
+                .map_err(|e| UpstreamError::cache("cannot record the tag's freshness", e))?;
             return Ok(cached.digest.clone());
         }
         self.fetch_manifest_once(
@@ -315,7 +320,7 @@ impl Mirrors {
                 }),
                 (None, None) => Ok(None),
             };
-            found.map_err(|e| UpstreamError::BadResponse(format!("cannot read cache: {e}")))
+            found.map_err(|e| UpstreamError::cache("cannot read cache", e))
         };
         loop {
             let lease = meta.try_lease_fetch(&key).await.unwrap_or_else(|e| {
@@ -399,18 +404,18 @@ impl Mirrors {
                 .as_ref()
                 .and_then(|a| serde_json::to_string(a).ok()),
         };
-        let io = |e: String| UpstreamError::BadResponse(format!("cannot write cache: {e}"));
+        let io = |e: RegistryError| UpstreamError::cache("cannot write cache", e);
         let _publishing = self.registry.lock_digest(&digest).await;
         self.registry
             .blob_store()
             .put_bytes(&digest, bytes)
             .await
-            .map_err(|e| io(e.to_string()))?;
+            .map_err(|e| io(e.into()))?;
         self.registry
             .metadata_store()
             .cache_manifest(repo, &m.name, &record, tag)
             .await
-            .map_err(|e| io(e.to_string()))?;
+            .map_err(|e| io(e.into()))?;
         Ok(digest)
     }
 

@@ -39,6 +39,30 @@ pub enum UpstreamError {
     Unreachable(String),
     #[error("upstream sent a bad response: {0}")]
     BadResponse(String),
+    /// Berth's own stores failed while reading or filling the cache: not the upstream's doing, so the client gets
+    /// a 503 when a store is unreachable (`unavailable` is then the client's message) and a 500 otherwise.
+    #[error("local cache: {detail}")]
+    Cache {
+        unavailable: Option<&'static str>,
+        detail: String,
+    },
+}
+
+impl UpstreamError {
+    /// A failure of the local metadata or blob store while using the cache (`what` says for what).
+    pub fn cache(what: &str, e: impl Into<crate::registry::RegistryError>) -> UpstreamError {
+        use crate::registry::RegistryError;
+        match e.into() {
+            RegistryError::Unavailable { message, detail } => UpstreamError::Cache {
+                unavailable: Some(message),
+                detail: format!("{what}: {detail}"),
+            },
+            e => UpstreamError::Cache {
+                unavailable: None,
+                detail: format!("{what}: {e}"),
+            },
+        }
+    }
 }
 
 struct CachedToken {

@@ -61,8 +61,37 @@ pub enum RegistryError {
     /// A mirror's upstream did not answer in time and nothing cached can answer instead.
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// A store berth depends on cannot be reached or cannot take work right now; retrying later can succeed
+    /// (`503` with `Retry-After`). `message` is for the client; `detail` (driver text, addresses) only for the log
+    /// and the command line.
+    #[error("{message}: {detail}")]
+    Unavailable {
+        message: &'static str,
+        detail: String,
+    },
+    /// A query parameter no stored entry can match and no store can be asked about (a NUL byte in `last`).
+    #[error("invalid query parameter: {0}")]
+    QueryInvalid(String),
+    /// A failure of berth or its stores that the client cannot act on. The text is for the log only: the client
+    /// is told the request id under which it was logged.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl RegistryError {
+    pub fn metadata_unavailable(detail: impl Into<String>) -> RegistryError {
+        RegistryError::Unavailable {
+            message: "the metadata store is unavailable; retry later",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn blobs_unavailable(detail: impl Into<String>) -> RegistryError {
+        RegistryError::Unavailable {
+            message: "the blob store is unavailable; retry later",
+            detail: detail.into(),
+        }
+    }
 }
 
 fn list(ds: &[Digest]) -> String {
@@ -75,13 +104,33 @@ fn list(ds: &[Digest]) -> String {
 
 impl From<MetaError> for RegistryError {
     fn from(e: MetaError) -> Self {
-        RegistryError::Internal(e.to_string())
+        match e {
+            MetaError::Unavailable(d) => RegistryError::metadata_unavailable(d),
+            MetaError::Conflict(d) => RegistryError::Unavailable {
+                message: "too many concurrent writes to the same content; retry later",
+                detail: d,
+            },
+            // The HTTP layer refuses such values before they reach a store; this is the backstop, worded for the
+            // client without the driver's text.
+            MetaError::Invalid(d) => {
+                tracing::debug!(detail = d, "metadata store refused a value");
+                RegistryError::QueryInvalid(
+                    "a value in the request cannot be stored or searched for (NUL byte)".into(),
+                )
+            }
+            e @ (MetaError::Corrupt(_) | MetaError::Other(_)) => {
+                RegistryError::Internal(e.to_string())
+            }
+        }
     }
 }
 
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
-        RegistryError::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable(d) => RegistryError::blobs_unavailable(d),
+            e => RegistryError::Internal(e.to_string()),
+        }
     }
 }
 

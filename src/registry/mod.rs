@@ -26,6 +26,8 @@ use crate::store::{BlobReader, BlobStore, StoreError};
 pub struct Limits {
     pub max_manifest_size: u64,
     pub upload_expiry: Duration,
+    /// Most entries one page of the catalog or a tag list holds, whatever `n` the client asks for.
+    pub max_page_size: usize,
 }
 
 /// Distinct pulled manifests remembered between flushes; beyond this, pulls go unrecorded until the next flush.
@@ -148,6 +150,10 @@ impl Registry {
 
     pub fn max_manifest_size(&self) -> u64 {
         self.limits.max_manifest_size
+    }
+
+    pub fn max_page_size(&self) -> usize {
+        self.limits.max_page_size
     }
 
     /// Size of a blob visible in `repo` (HEAD).

@@ -384,6 +384,8 @@ impl Registry {
                 Ok(())
             }
             Err(StoreError::NotFound) => Err(RegistryError::BlobUploadUnknown),
+            // A full disk or an unreachable object store: the session keeps its offset and the client retries.
+            Err(e @ StoreError::Unavailable(_)) => Err(e.into()),
             Err(StoreError::Io(e)) if expected_len.is_some_and(|l| counted > l) => {
                 Err(RegistryError::BlobUploadInvalid(e.to_string()))
             }

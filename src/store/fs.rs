@@ -89,7 +89,7 @@ fn not_found_as(e: std::io::Error) -> StoreError {
     if e.kind() == std::io::ErrorKind::NotFound {
         StoreError::NotFound
     } else {
-        StoreError::Io(e)
+        StoreError::from(e)
     }
 }
 
@@ -213,7 +213,7 @@ impl BlobStore for FsBlobStore {
                 Ok(())
             })
             .await?;
-            return Err(StoreError::Io(e));
+            return Err(StoreError::from(e));
         }
         Ok(written)
     }

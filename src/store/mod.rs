@@ -20,14 +20,31 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// Told the total number of bytes durably handed to the object so far (not yet fsync'd), after each write.
 pub type WriteProgress = Box<dyn Fn(u64) + Send + Sync>;
 
+/// Why a blob store operation failed. Callers decide on the variant, never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object not found")]
     NotFound,
     #[error("requested range is outside the object")]
     RangeOutsideObject,
+    /// The store cannot be reached or cannot take the write right now (an object store that refuses connections
+    /// or times out, a full disk). Retrying later can succeed; the client is told so (503), not sent a 500.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
     #[error("storage I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    /// A full disk or quota is a store that cannot take writes for now (invariant 11: it fails cleanly and service
+    /// resumes when space comes back); every other I/O error stays an I/O error.
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            StorageFull | QuotaExceeded => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Io(e),
+        }
+    }
 }
 
 /// An open blob ready to stream: its real length (from the stored object, not from metadata) and its bytes.

@@ -67,7 +67,45 @@ struct Redirect {
 fn backend_error(e: object_store::Error) -> StoreError {
     match e {
         object_store::Error::NotFound { .. } => StoreError::NotFound,
+        e if unreachable(&e) => StoreError::Unavailable(e.to_string()),
         e => StoreError::Io(std::io::Error::other(e)),
+    }
+}
+
+/// Whether a request failed because the object store could not be reached (connection refused, reset or timed
+/// out), after `object_store`'s own retries: a store outage, which the client hears about as a 503 to retry,
+/// unlike a refusal (credentials, missing bucket) or a malformed answer. `object_store` keeps its retry error
+/// private, so the transport error is found by walking the error's sources.
+fn unreachable(e: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<HttpError>() {
+            return matches!(
+                h.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Interrupted
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// How long one object-store request may keep retrying a store that does not answer. `object_store`'s default
+/// (10 retries, up to 3 minutes) would hold every client request that long during an outage; a few quick retries
+/// ride out a dropped connection, and an outage becomes a prompt 503 with `Retry-After` instead.
+fn retry_policy() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(10),
     }
 }
 
@@ -107,7 +145,8 @@ impl ObjectBlobStore {
                     .with_allow_http(c.allow_http)
                     // Amazon S3 completes a one-part copy only if the key is still absent (If-None-Match on
                     // CompleteMultipartUpload): the conditional create publishing relies on.
-                    .with_copy_if_not_exists(object_store::aws::S3CopyIfNotExists::Multipart);
+                    .with_copy_if_not_exists(object_store::aws::S3CopyIfNotExists::Multipart)
+                    .with_retry(retry_policy());
                 if let Some(r) = &c.region {
                     b = b.with_region(r);
                 }
@@ -129,7 +168,8 @@ impl ObjectBlobStore {
             BlobBackend::Gcs => {
                 let c = &storage.gcs;
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(&c.bucket);
+                    .with_bucket_name(&c.bucket)
+                    .with_retry(retry_policy());
                 if let Some(p) = &c.service_account_path {
                     b = b.with_service_account_path(p.to_string_lossy());
                 }
@@ -141,7 +181,8 @@ impl ObjectBlobStore {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_account(&c.account)
                     .with_container_name(&c.container)
-                    .with_allow_http(c.allow_http);
+                    .with_allow_http(c.allow_http)
+                    .with_retry(retry_policy());
                 if let Some(var) = &c.access_key_env {
                     b = b.with_access_key(secret_from_env("storage.azure.access_key_env", var)?);
                 }

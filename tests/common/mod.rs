@@ -157,6 +157,29 @@ impl Berth {
         Self::spawn(data_dir, extra, true)
     }
 
+    /// [`Berth::start_with`] with extra environment variables set after the suite's own (e.g. stores a test runs
+    /// itself: `BERTH_METADATA`, `BERTH_POSTGRES_URL`, `BERTH_BLOBS`, `BERTH_S3_*`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Berth {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let port = free_port();
+        let child = Self::command(port, &data_dir, &data_dir, extra, true)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("spawn berth");
+        let mut b = Berth {
+            child,
+            port,
+            data_dir: data_dir.clone(),
+            metadata_dir: data_dir,
+            _tmp: Some(tmp),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            open_access: true,
+        };
+        b.wait_ready();
+        b
+    }
+
     /// Starts berth with its secure defaults (no `--open-access`) on a fresh data directory; the first start
     /// creates `admin` with [`ADMIN_PASSWORD`].
     pub fn start_secure(extra: &[&str]) -> Berth {
@@ -424,6 +447,15 @@ pub fn tools_available(tools: &[&str], package: &str) -> bool {
     false
 }
 
+/// A test that cannot run here: prints `SKIP <test>: <reason>` and lets the caller return, or fails when `CI` is
+/// set (CI installs everything, so a missing tool there is a broken pipeline, not a reason to pass).
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run but CI is set: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+}
+
 /// The Prometheus text a server exposes at `{base}/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     client()
@@ -532,8 +564,17 @@ pub fn blob_env(cmd: &mut Command, data_dir: &Path) {
 /// One HTTP/1.1 request to the test S3 server: status and body. The server does not verify signatures, but it
 /// treats a request without credentials as anonymous, so a placeholder `Authorization` names the test account.
 pub fn s3_request(method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    s3_request_at(
+        &s3_endpoint().expect("the suite runs on S3"),
+        method,
+        path,
+        body,
+    )
+}
+
+/// [`s3_request`] to the S3 server at `endpoint` (`http://127.0.0.1:PORT`), e.g. one a test runs itself.
+pub fn s3_request_at(endpoint: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
-    let endpoint = s3_endpoint().expect("the suite runs on S3");
     let host = endpoint
         .strip_prefix("http://")
         .expect("test S3 endpoint is http://")
