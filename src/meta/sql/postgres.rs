@@ -248,6 +248,10 @@ pub struct PgDb {
     migrated: tokio::sync::OnceCell<()>,
 }
 
+/// How long connecting, and waiting for a pooled connection, may take before the database counts as unavailable
+/// (a 503 to the client) instead of holding the request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, MetaError> {
     let manager = Manager::from_config(
         config.clone(),
@@ -258,6 +262,9 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, MetaError>
     );
     Pool::builder(manager)
         .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
         .build()
         .map_err(|e| MetaError::other(format!("cannot build the PostgreSQL pool: {e}")))
 }
@@ -299,10 +306,15 @@ impl PgDb {
     /// Prepares the pools. Nothing connects yet: the first operation connects and migrates the schema, so this can
     /// be called outside an async context, like `SqliteDb::open`.
     pub fn open(settings: &PgSettings) -> Result<PgDb, MetaError> {
-        let config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
             // The parser's message never contains the URL, so the password stays out of logs.
             MetaError::other(format!("invalid PostgreSQL URL: {e}"))
         })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A peer that vanished (host down, network cut) is noticed by the kernel instead of never.
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         Ok(PgDb {
             pool: pool(&config, settings.pool_size)?,
             lock_pool: pool(&config, settings.pool_size)?,
