@@ -115,9 +115,6 @@ pub fn open_meta(config: &Config) -> anyhow::Result<MetaStores> {
     })
 }
 
-/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
-/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
-/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 /// The identity of the replica serving `dir`, created on first use (`replica-id` in the data directory). Replicas
 /// sharing a metadata store each have their own data directory, hence their own id.
 fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
@@ -147,6 +144,9 @@ fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Opens the stores: blobs under the data directory, metadata where the config says. The server and the
+/// maintenance commands open them the same way, so they share the cross-process digest locks (the data
+/// directory's lock file on one host; PostgreSQL advisory locks across replicas).
 pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.storage.data_dir;
     std::fs::create_dir_all(dir)
