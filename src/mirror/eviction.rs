@@ -13,6 +13,7 @@ use super::{Mirror, Mirrors};
 use crate::meta::Eviction;
 use crate::metrics::{MirrorName, metrics};
 use crate::registry::{Registry, RegistryError};
+use crate::worker::{Ran, Schedule, Workers, job_fn};
 
 /// How long evicted bytes outlive their row.
 const BYTES_GRACE: Duration = Duration::from_secs(30);
@@ -30,27 +31,37 @@ pub struct EvictionPass {
 }
 
 impl Mirrors {
-    /// Starts one background task per mirror: a pass after each completed download and every `CHECK_INTERVAL`.
-    /// A mirror without a budget evicts nothing, but its pass still records hits and measures the cache for
-    /// `berth_mirror_cache_bytes`.
-    pub fn start_eviction(self: &Arc<Self>) {
+    /// Starts one worker per mirror (`eviction:<mirror>`): a pass at start, after each completed download and
+    /// every `CHECK_INTERVAL`. A mirror without a budget evicts nothing, but its pass still records hits and
+    /// measures the cache for `berth_mirror_cache_bytes`.
+    pub fn start_eviction(self: &Arc<Self>, workers: &Workers) {
         let mut seen = std::collections::HashSet::new();
         for m in self.by_name.values() {
             if !seen.insert(m.name.clone()) {
                 continue;
             }
+            let schedule = Schedule::every(CHECK_INTERVAL)
+                .starting_now()
+                .woken_by(m.evict_wake.clone());
             let (mirrors, m) = (self.clone(), m.clone());
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = mirrors.evict(&m).await {
-                        tracing::warn!(mirror = %m.name, error = %e, "cache eviction failed");
+            workers.spawn(
+                format!("eviction:{}", m.name),
+                schedule,
+                job_fn(move || {
+                    let (mirrors, m) = (mirrors.clone(), m.clone());
+                    async move {
+                        let pass = mirrors.evict(&m).await?;
+                        Ok(match pass.evicted {
+                            0 => Ran::done(),
+                            n => Ran::noted(format!(
+                                "evicted {n} blobs ({} to {})",
+                                bytesize::ByteSize(pass.size_before),
+                                bytesize::ByteSize(pass.size_after)
+                            )),
+                        })
                     }
-                    tokio::select! {
-                        _ = m.evict_wake.notified() => {}
-                        _ = tokio::time::sleep(CHECK_INTERVAL) => {}
-                    }
-                }
-            });
+                }),
+            );
         }
     }
 
