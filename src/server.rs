@@ -311,7 +311,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for m in &config.mirror {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
-    // Every background job runs as a worker of this set, stopped together at shutdown.
+    // Every background job runs as a worker of this set: visible at /api/v1/workers, stopped together at shutdown.
     let workers = Arc::new(crate::worker::Workers::new());
     mirrors.start_eviction(&workers);
     let ui = ui_store.map(|store| {
@@ -320,6 +320,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             registry.clone(),
             maintenance.clone(),
             policies.clone(),
+            workers.clone(),
         ))
     });
     crate::maint::scheduler::start(&workers, maintenance, &config, policies);
@@ -352,6 +353,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         tls: false,
         ui,
+        workers: workers.clone(),
     };
     let mut plan: Vec<(&str, crate::http::AppState)> = config
         .server
