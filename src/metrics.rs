@@ -46,7 +46,7 @@ pub struct JobLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobOutcome {
     pub job: &'static str,
-    /// `ok`, `problems` (scrub found some) or `failed`.
+    /// `ok`, `problems` (scrub found some), `failed` or `interrupted` (stopped by the server's shutdown).
     pub outcome: &'static str,
 }
 
@@ -195,7 +195,7 @@ impl Metrics {
         let maint_runs = Family::<JobOutcome, Counter>::default();
         registry.register(
             "maintenance_runs",
-            "Maintenance runs by job (gc, retention, scrub) and outcome (ok, problems, failed)",
+            "Maintenance runs by job (gc, retention, scrub) and outcome (ok, problems, failed, interrupted)",
             maint_runs.clone(),
         );
         let maint_last_success = Family::<JobLabel, Gauge>::default();
