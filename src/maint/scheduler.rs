@@ -76,6 +76,10 @@ impl Job for Scheduled {
     async fn run(&self, ctx: &RunContext) -> anyhow::Result<Ran> {
         let job = self.task.name();
         let Some(_lease) = self.maint.store().try_lease(job).await? else {
+            tracing::info!(
+                job,
+                "another replica holds this job's lease; skipping this run"
+            );
             return Ok(Ran::skipped(
                 "another replica holds this job's lease; skipped this run",
             ));
