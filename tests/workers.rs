@@ -340,7 +340,9 @@ async fn a_job_whose_lease_another_replica_holds_shows_idle_not_failed() {
     assert_eq!(gc["failures"], 0, "{gc}");
     drop(lease);
     wait_for(&b, "gc", "ran again", |w| {
-        w["detail"].as_str().is_some_and(|d| d.starts_with("deleted "))
+        w["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("deleted "))
     })
     .await;
 }
