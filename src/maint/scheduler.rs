@@ -167,11 +167,16 @@ pub fn start(workers: &Workers, maint: Arc<Maintenance>, config: &Config, polici
             job_fn(move || {
                 let (m, restored) = (m.clone(), restored.clone());
                 async move {
-                    if !restored.load(std::sync::atomic::Ordering::Relaxed) {
-                        m.restore_job_metrics().await?;
-                        restored.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    // Once: the last-success gauges from the run history, so a restart does not look like a job
+                    // that never succeeded. Retried at the next run if the history cannot be read.
+                    let restore = if restored.load(std::sync::atomic::Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        m.restore_job_metrics().await
+                    };
                     m.refresh_storage_metrics().await?;
+                    restore?;
+                    restored.store(true, std::sync::atomic::Ordering::Relaxed);
                     Ok(Ran::done())
                 }
             }),
