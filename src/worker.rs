@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use rand::RngExt;
 use tokio::sync::Notify;
@@ -492,7 +493,14 @@ async fn drive(ctx: RunContext, schedule: Schedule, job: impl Job) {
                 _ = woken => {}
             }
             let previous = worker.begin();
-            let result = job.run(&ctx).await;
+            // A panicking job (a bug) is a failed run, not a worker that silently stays busy forever.
+            let result = match std::panic::AssertUnwindSafe(job.run(&ctx))
+                .catch_unwind()
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("the job panicked (see the log)")),
+            };
             worker.finish(result, previous, ctx.stopping());
             if ctx.stopping() {
                 break;
@@ -556,6 +564,33 @@ mod tests {
                 .await
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_a_failed_run_and_runs_again() {
+        let ws = Workers::new();
+        let n = Arc::new(AtomicU64::new(0));
+        let runs = n.clone();
+        ws.spawn(
+            "t-panics",
+            Schedule::every(Duration::from_millis(20)).starting_now(),
+            job_fn(move || {
+                let k = runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    assert!(k > 0, "first run panics");
+                    Ok(Ran::done())
+                }
+            }),
+        );
+        until("recovered", || {
+            let s = status(&ws, "t-panics");
+            s.failures == 1 && s.state == WorkerState::Idle
+        })
+        .await;
+        let s = status(&ws, "t-panics");
+        assert!(s.last_error.is_some_and(|e| e.contains("panicked")));
+        ws.stop(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
     }
 
     #[tokio::test]
