@@ -180,7 +180,8 @@ pub struct Server {
     /// scraping and probes need not reach the registry port.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metrics_listen: Vec<String>,
-    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    /// How long in-flight requests may run, and background workers may take to stop, after SIGTERM/SIGINT before
+    /// the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// HTTPS listeners (`[server.tls]`); the plain `listen` addresses stay available, e.g. for loopback or a proxy.
@@ -750,7 +751,7 @@ pub const DEFAULT_TOML: &str = r#"# berth configuration. Every key is optional; 
 [server]
 # Addresses to listen on. IPv6 listeners are IPv6-only, so both families can share a port.
 listen = ["0.0.0.0:5000", "[::]:5000"]
-# After SIGTERM/SIGINT, in-flight requests get this long to finish.
+# After SIGTERM/SIGINT, in-flight requests get this long to finish and background workers to stop.
 shutdown_timeout = "30s"
 # Extra listeners where one mirror answers at the registry root, for Docker's "registry-mirrors"
 # (Docker only mirrors Docker Hub, and only at the root). For example:

@@ -46,7 +46,7 @@ pub struct JobLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobOutcome {
     pub job: &'static str,
-    /// `ok`, `problems` (scrub found some) or `failed`.
+    /// `ok`, `problems` (scrub found some), `failed` or `interrupted` (stopped by the server's shutdown).
     pub outcome: &'static str,
 }
 
@@ -65,6 +65,19 @@ pub struct ProblemKind {
 pub struct StorageKind {
     /// `private` (used by a private repository) or `mirror` (held only by mirror caches).
     pub kind: &'static str,
+}
+
+/// A background worker (`gc`, `pull-flush`, `eviction:docker.io`, …; see `worker.rs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerStateLabel {
+    pub worker: String,
+    /// `busy`, `idle`, `throttled` or `failed`.
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +111,9 @@ pub struct Metrics {
     pub upload_sessions: Gauge,
     pub data_size_bytes: Gauge,
     pub data_free_bytes: Gauge,
+    pub worker_state: Family<WorkerStateLabel, Gauge>,
+    pub worker_last_run: Family<WorkerLabel, Gauge>,
+    pub worker_failures: Family<WorkerLabel, Counter>,
 }
 
 fn new_histogram() -> Histogram {
@@ -179,7 +195,7 @@ impl Metrics {
         let maint_runs = Family::<JobOutcome, Counter>::default();
         registry.register(
             "maintenance_runs",
-            "Maintenance runs by job (gc, retention, scrub) and outcome (ok, problems, failed)",
+            "Maintenance runs by job (gc, retention, scrub) and outcome (ok, problems, failed, interrupted)",
             maint_runs.clone(),
         );
         let maint_last_success = Family::<JobLabel, Gauge>::default();
@@ -250,6 +266,24 @@ impl Metrics {
             "Free bytes (for unprivileged users) on the filesystem holding the data directory",
             data_free_bytes.clone(),
         );
+        let worker_state = Family::<WorkerStateLabel, Gauge>::default();
+        registry.register(
+            "worker_state",
+            "1 for the state each background worker is in (busy, idle, throttled, failed), 0 for the others",
+            worker_state.clone(),
+        );
+        let worker_last_run = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_last_run_timestamp_seconds",
+            "Unix time each background worker last finished a run of its job (failed runs included)",
+            worker_last_run.clone(),
+        );
+        let worker_failures = Family::<WorkerLabel, Counter>::default();
+        registry.register(
+            "worker_failures",
+            "Failed runs of each background worker's job",
+            worker_failures.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -283,6 +317,9 @@ impl Metrics {
             upload_sessions,
             data_size_bytes,
             data_free_bytes,
+            worker_state,
+            worker_last_run,
+            worker_failures,
         }
     }
 

@@ -54,7 +54,7 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
 }
 
 /// How often expired upload sessions are looked for.
-const UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+const UPLOAD_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The registry and its maintenance jobs over one data directory.
 pub struct Opened {
@@ -271,16 +271,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for m in &config.mirror {
         tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
     }
-    mirrors.start_eviction();
+    // Every background job runs as a worker of this set: visible at /api/v1/workers, stopped together at shutdown.
+    let workers = Arc::new(crate::worker::Workers::new());
+    mirrors.start_eviction(&workers);
     let ui = ui_store.map(|store| {
         Arc::new(crate::ui::Ui::new(
             store,
             registry.clone(),
             maintenance.clone(),
             policies.clone(),
+            workers.clone(),
         ))
     });
-    crate::maint::scheduler::start(maintenance, &config, policies);
+    crate::maint::scheduler::start(&workers, maintenance, &config, policies);
+    {
+        let registry = registry.clone();
+        workers.spawn(
+            "upload-expiry",
+            crate::worker::Schedule::every(UPLOAD_EXPIRY_INTERVAL),
+            crate::worker::job_fn(move || {
+                let registry = registry.clone();
+                async move {
+                    Ok(match registry.expire_uploads().await? {
+                        0 => crate::worker::Ran::done(),
+                        n => crate::worker::Ran::noted(format!("expired {n} upload sessions")),
+                    })
+                }
+            }),
+        );
+    }
     let auth = Arc::new(open_auth(&config)?);
     bootstrap_admin(&auth).await?;
     {
@@ -294,6 +313,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         tls: false,
         ui,
+        workers: workers.clone(),
     };
     let mut plan: Vec<(&str, crate::http::AppState)> = config
         .server
@@ -390,30 +410,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let sweeper = {
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(UPLOAD_SWEEP_INTERVAL);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = registry.expire_uploads().await {
-                    tracing::warn!(error = %e, "expiring upload sessions failed");
-                }
-            }
-        })
-    };
-
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
-        Some(res) = servers.join_next() => {
-            res.context("listener task failed")?.context("listener failed")?;
+    let listener_failed = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: finishing in-flight requests, stopping background workers");
+            None
         }
-    }
-    sweeper.abort();
-    if let Err(e) = registry.flush_pulls().await {
-        tracing::warn!(error = %e, "cannot record pull times");
-    }
+        Some(res) = servers.join_next() => Some(res),
+    };
+    // One deadline for both: the listeners drain in-flight requests while the workers stop at their next step.
+    let deadline = tokio::time::Instant::now() + config.server.shutdown_timeout;
     let _ = stop_tx.send(true);
     let drain = async {
         while let Some(res) = servers.join_next().await {
@@ -422,11 +427,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    if tokio::time::timeout(config.server.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
+    let (drained, _late) = tokio::join!(
+        tokio::time::timeout_at(deadline, drain),
+        workers.stop(deadline)
+    );
+    if drained.is_err() {
         tracing::warn!("shutdown timeout reached; exiting with requests still in flight");
+    }
+    // The pull-time flusher wrote what it held when it stopped; requests that finished after that, during the
+    // drain, recorded pulls too.
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "cannot record pull times");
+    }
+    if let Some(res) = listener_failed {
+        res.context("listener task failed")?
+            .context("listener failed")?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The admin API (`/api/v1/…`): users and personal access tokens for automation, the same operations as the
-//! `berth user` and `berth token` commands. Admins only; a personal access token may use it only if it was created
-//! with the full scope `**:*`, so a narrow CI token of an admin cannot create users.
+//! `berth user` and `berth token` commands, and the state of the background workers. Admins only; a personal
+//! access token may use it only if it was created with the full scope `**:*`, so a narrow CI token of an admin
+//! cannot create users.
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{name}/password", put(set_password))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/workers", get(list_workers))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -304,4 +306,12 @@ async fn revoke_token(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => account_error(e),
     }
+}
+
+/// Every background worker with its state, last error, progress and run times (`worker::WorkerStatus`).
+async fn list_workers(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(r) = admin_of(&state, &req).await {
+        return r;
+    }
+    axum::Json(state.workers.statuses()).into_response()
 }

@@ -53,6 +53,8 @@ pub struct AppState {
     pub tls: bool,
     /// The web UI at `/ui`; `None` where it is not served (mirror listeners, `[ui] enabled = false`).
     pub ui: Option<Arc<crate::ui::Ui>>,
+    /// The server's background workers (`GET /api/v1/workers`).
+    pub workers: Arc<crate::worker::Workers>,
 }
 
 pub fn router(state: AppState) -> Router {

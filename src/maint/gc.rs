@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{BYTES_DELAY, Maintenance, Progress};
+use super::{BYTES_DELAY, Maintenance, Progress, check_stop};
 use crate::meta::maint::Snapshot;
 use crate::meta::now;
 use crate::metrics::{ObjectKind, metrics};
@@ -166,7 +166,7 @@ impl Maintenance {
     ) -> Result<GcSummary, RegistryError> {
         let run = self.begin("gc", opts.dry_run).await?;
         let result = self.collect(opts, progress).await;
-        self.end("gc", run, &result, false).await;
+        self.end("gc", run, &result, false, progress).await;
         if let Ok(s) = &result {
             tracing::info!(
                 dry_run = s.dry_run,
@@ -192,6 +192,7 @@ impl Maintenance {
         let snap = self.store.snapshot().await?;
         let t = now();
         let plan = plan(&snap, t, opts.grace, opts.untagged_ttl);
+        check_stop(progress)?;
         let mut s = GcSummary {
             dry_run: opts.dry_run,
             ..Default::default()
@@ -213,6 +214,7 @@ impl Maintenance {
         loop {
             let mut deleted = HashSet::new();
             for chunk in pending.chunks(BATCH) {
+                check_stop(progress)?;
                 let gone = self
                     .store
                     .gc_delete_manifests(chunk.to_vec(), untagged_cut)
@@ -229,6 +231,7 @@ impl Maintenance {
 
         progress.phase("blob links", plan.links.len() as u64);
         for chunk in plan.links.chunks(BATCH) {
+            check_stop(progress)?;
             s.links += self
                 .store
                 .gc_delete_links(chunk.to_vec(), grace_cut)
@@ -238,6 +241,7 @@ impl Maintenance {
 
         progress.phase("blobs", plan.blobs.len() as u64);
         for chunk in plan.blobs.chunks(BATCH) {
+            check_stop(progress)?;
             let digests = chunk.iter().map(|(d, _)| d.clone()).collect();
             let gone = self.store.gc_delete_blobs(digests, grace_cut).await?;
             s.blobs += gone.len() as u64;
@@ -261,10 +265,12 @@ impl Maintenance {
             progress.phase("waiting for in-flight reads", 0);
             tokio::time::sleep(delay + Duration::from_secs(1)).await;
         }
+        check_stop(progress)?;
         progress.phase("deleting bytes", 0);
         let swept = self.delete_tombstoned(delay).await?;
         s.files_deleted = swept.deleted;
         s.files_revived = swept.revived;
+        check_stop(progress)?;
         s.orphan_files = self.delete_orphan_files(&snap, grace_cut).await?;
         s.upload_sessions = self.registry.expire_uploads().await? as u64;
         s.repositories = self.store.gc_delete_empty_repositories(grace_cut).await?;

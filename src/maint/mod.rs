@@ -27,12 +27,41 @@ pub struct Maintenance {
     store: Arc<dyn MaintenanceStore>,
 }
 
-/// Reports a job's progress (a progress bar on a terminal, nothing in the scheduler).
+/// Reports a job's progress (a progress bar on a terminal, the worker's progress in the server) and passes on
+/// the server's request to stop.
 pub trait Progress: Send + Sync {
     /// A new phase with `total` steps (0 when unknown).
     fn phase(&self, name: &str, total: u64);
     /// `n` more steps of the current phase done.
     fn advance(&self, n: u64);
+    /// True when the job should stop at this step (the server is shutting down); a command-line run never is.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    /// Waits `d` to keep to a rate limit; false when the job should stop instead.
+    fn throttle<'a>(
+        &'a self,
+        d: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            true
+        })
+    }
+}
+
+/// What a job returns when it stopped at a step because the server is shutting down. Every step is a complete
+/// transaction, so stopping between two leaves nothing half done; the next run starts over.
+fn interrupted() -> RegistryError {
+    RegistryError::Internal("interrupted: the server is shutting down".into())
+}
+
+/// Returns [`interrupted`] when the job should stop at this step.
+fn check_stop(progress: &dyn Progress) -> Result<(), RegistryError> {
+    if progress.stop_requested() {
+        return Err(interrupted());
+    }
+    Ok(())
 }
 
 /// Progress that goes nowhere.
@@ -119,7 +148,7 @@ impl Maintenance {
     pub async fn restore_job_metrics(&self) -> Result<(), RegistryError> {
         let m = metrics();
         for job in ["gc", "retention", "scrub"] {
-            for outcome in ["ok", "problems", "failed"] {
+            for outcome in ["ok", "problems", "failed", "interrupted"] {
                 let _ = m.maint_runs.get_or_create(&JobOutcome { job, outcome });
             }
         }
@@ -171,13 +200,16 @@ impl Maintenance {
         Ok(self.store.start_run(job, dry_run).await?)
     }
 
-    /// Records a job's end in the history and in metrics. `problems`: the run finished but found damage.
+    /// Records a job's end in the history and in metrics. `problems`: the run finished but found damage. A run that
+    /// ended in an error after the server asked it to stop is `interrupted`, not `failed`: a restart is no failure
+    /// to alert on.
     async fn end<S: serde::Serialize>(
         &self,
         job: &'static str,
         run: i64,
         result: &Result<S, RegistryError>,
         problems: bool,
+        progress: &dyn Progress,
     ) {
         let (outcome, summary) = match result {
             Ok(s) => (
@@ -185,7 +217,11 @@ impl Maintenance {
                 serde_json::to_string(s).unwrap_or_default(),
             ),
             Err(e) => (
-                "failed",
+                if progress.stop_requested() {
+                    "interrupted"
+                } else {
+                    "failed"
+                },
                 serde_json::json!({ "error": e.to_string() }).to_string(),
             ),
         };

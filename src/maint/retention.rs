@@ -11,7 +11,7 @@ use std::time::Duration;
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
 
-use super::{Maintenance, Progress};
+use super::{Maintenance, Progress, check_stop};
 use crate::auth::glob::{GlobError, RepoGlob, RepoKind};
 use crate::config::RetentionPolicy;
 use crate::meta::now;
@@ -178,7 +178,7 @@ impl Maintenance {
             ..s.clone()
         });
         let counts = counts.map_err(|e| RegistryError::Internal(e.to_string()));
-        self.end("retention", run, &counts, false).await;
+        self.end("retention", run, &counts, false, progress).await;
         result
     }
 
@@ -197,6 +197,7 @@ impl Maintenance {
         progress.phase("repositories", repos.len() as u64);
         let t = now();
         for r in repos {
+            check_stop(progress)?;
             progress.advance(1);
             if r.mirror.is_some() {
                 continue;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{Maintenance, Progress};
+use super::{Maintenance, Progress, check_stop, interrupted};
 use crate::metrics::{ProblemKind, metrics};
 use crate::oci::{Digest, RepoName};
 use crate::registry::RegistryError;
@@ -77,7 +77,7 @@ impl Maintenance {
         let run = self.begin("scrub", opts.report_only).await?;
         let result = self.walk(opts, progress).await;
         let problems = result.as_ref().is_ok_and(|s| !s.problems.is_empty());
-        self.end("scrub", run, &result, problems).await;
+        self.end("scrub", run, &result, problems, progress).await;
         if let Ok(s) = &result {
             let m = metrics();
             for kind in PROBLEM_KINDS {
@@ -108,6 +108,7 @@ impl Maintenance {
         let repos = self.store.repositories().await?;
         progress.phase("repositories", repos.len() as u64);
         for r in &repos {
+            check_stop(progress)?;
             progress.advance(1);
             let Ok(repo) = r.name.parse::<RepoName>() else {
                 continue;
@@ -153,6 +154,7 @@ impl Maintenance {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.to_string());
             for (d, size) in page {
+                check_stop(progress)?;
                 s.blobs += 1;
                 let state = self
                     .check_blob(&d, size, opts, started, &mut s.bytes_hashed, progress)
@@ -223,13 +225,16 @@ impl Maintenance {
                 Ok(c) => c,
                 Err(e) => return Ok(BlobState::Bad("unreadable", e.to_string())),
             };
+            check_stop(progress)?;
             h.update(&chunk);
             *hashed += chunk.len() as u64;
             progress.advance(chunk.len() as u64);
             if let Some(rate) = opts.max_rate.filter(|r| *r > 0) {
                 let due = Duration::from_secs_f64(*hashed as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
+                if let Some(wait) = due.checked_sub(started.elapsed())
+                    && !progress.throttle(wait).await
+                {
+                    return Err(interrupted());
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! Keeping a mirror's cache within its budget (design invariant 6): least recently used blobs first, metadata
 //! and bytes removed together, never a blob a private repository links. An evicted blob is simply fetched again.
 //!
-//! Rows go first, in one metadata transaction. Bytes follow after `BYTES_GRACE`, so a request that read the row
-//! just before can still open them; the deletion then re-checks, under the digest lock every publisher holds, that
-//! no row came back (a re-fetch or a push of the same digest), so bytes a committed row points at are never removed.
-//! A crash between the two leaves unreferenced bytes, which garbage collection reclaims.
+//! Rows go first, in one metadata transaction that also writes the blob's tombstone. The bytes are left to the
+//! `tombstones` worker (`maint::scheduler`), which removes them once the tombstone is `maint::BYTES_DELAY` old, so
+//! a request that read the row just before can still open them, and only after re-checking, under the digest lock
+//! every publisher holds, that no row came back (a re-fetch or a push of the same digest): bytes a committed row
+//! points at are never removed. The tombstone is in the database, so neither a crash nor a shutdown loses the
+//! deletion.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +14,9 @@ use std::time::Duration;
 use super::{Mirror, Mirrors};
 use crate::meta::Eviction;
 use crate::metrics::{MirrorName, metrics};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::RegistryError;
+use crate::worker::{Ran, Schedule, Workers, job_fn};
 
-/// How long evicted bytes outlive their row.
-const BYTES_GRACE: Duration = Duration::from_secs(30);
 /// How often each mirror with a budget is checked even without new downloads.
 const CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Candidates read per round.
@@ -30,27 +31,37 @@ pub struct EvictionPass {
 }
 
 impl Mirrors {
-    /// Starts one background task per mirror: a pass after each completed download and every `CHECK_INTERVAL`.
-    /// A mirror without a budget evicts nothing, but its pass still records hits and measures the cache for
-    /// `berth_mirror_cache_bytes`.
-    pub fn start_eviction(self: &Arc<Self>) {
+    /// Starts one worker per mirror (`eviction:<mirror>`): a pass at start, after each completed download and
+    /// every `CHECK_INTERVAL`. A mirror without a budget evicts nothing, but its pass still records hits and
+    /// measures the cache for `berth_mirror_cache_bytes`.
+    pub fn start_eviction(self: &Arc<Self>, workers: &Workers) {
         let mut seen = std::collections::HashSet::new();
         for m in self.by_name.values() {
             if !seen.insert(m.name.clone()) {
                 continue;
             }
+            let schedule = Schedule::every(CHECK_INTERVAL)
+                .starting_now()
+                .woken_by(m.evict_wake.clone());
             let (mirrors, m) = (self.clone(), m.clone());
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = mirrors.evict(&m).await {
-                        tracing::warn!(mirror = %m.name, error = %e, "cache eviction failed");
+            workers.spawn(
+                format!("eviction:{}", m.name),
+                schedule,
+                job_fn(move || {
+                    let (mirrors, m) = (mirrors.clone(), m.clone());
+                    async move {
+                        let pass = mirrors.evict(&m).await?;
+                        Ok(match pass.evicted {
+                            0 => Ran::done(),
+                            n => Ran::noted(format!(
+                                "evicted {n} blobs ({} to {})",
+                                bytesize::ByteSize(pass.size_before),
+                                bytesize::ByteSize(pass.size_after)
+                            )),
+                        })
                     }
-                    tokio::select! {
-                        _ = m.evict_wake.notified() => {}
-                        _ = tokio::time::sleep(CHECK_INTERVAL) => {}
-                    }
-                }
-            });
+                }),
+            );
         }
     }
 
@@ -78,19 +89,14 @@ impl Mirrors {
                     if size <= budget {
                         break 'rounds;
                     }
-                    if let Eviction::Unlinked {
-                        size: freed,
-                        row_deleted,
-                    } = meta.evict_mirror_blob(&m.name, &d).await?
+                    if let Eviction::Unlinked { size: freed, .. } =
+                        meta.evict_mirror_blob(&m.name, &d).await?
                     {
                         progressed = true;
                         size = size.saturating_sub(freed);
                         pass.evicted += 1;
                         metrics().mirror_evictions.get_or_create(&label).inc();
                         tracing::info!(mirror = %m.name, digest = %d, size = freed, "evicted cached blob");
-                        if row_deleted {
-                            delete_bytes_later(self.registry.clone(), d);
-                        }
                     }
                 }
                 if !progressed {
@@ -105,23 +111,4 @@ impl Mirrors {
             .set(size as i64);
         Ok(pass)
     }
-}
-
-/// Removes an evicted blob's bytes after the grace period, unless a row for it exists again by then.
-fn delete_bytes_later(registry: Arc<Registry>, digest: crate::oci::Digest) {
-    tokio::spawn(async move {
-        tokio::time::sleep(BYTES_GRACE).await;
-        let _held = registry.lock_digest(&digest).await;
-        match registry.metadata_store().blob_exists(&digest).await {
-            Ok(false) => {
-                if let Err(e) = registry.blob_store().delete(&digest).await {
-                    tracing::warn!(%digest, error = %e, "cannot delete evicted blob bytes; GC will reclaim them");
-                }
-            }
-            Ok(true) => {} // fetched or pushed again meanwhile: the bytes are in use
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "cannot check evicted blob; keeping its bytes")
-            }
-        }
-    });
 }

@@ -43,7 +43,7 @@ pub struct Mirror {
     /// Blobs served from cache since the last eviction pass (their last-access time is written then, not per hit).
     touched: parking_lot::Mutex<std::collections::HashSet<Digest>>,
     /// Wakes the eviction task when a download completes.
-    evict_wake: tokio::sync::Notify,
+    evict_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Every configured mirror, by name and alias.
@@ -92,7 +92,7 @@ impl Mirrors {
                 inflight: Default::default(),
                 budget: c.cache_budget.map(|b| b.as_u64()),
                 touched: Default::default(),
-                evict_wake: tokio::sync::Notify::new(),
+                evict_wake: Arc::new(tokio::sync::Notify::new()),
             });
             for n in std::iter::once(&c.name).chain(&c.aliases) {
                 by_name.insert(n.clone(), m.clone());

@@ -17,6 +17,7 @@ use crate::metrics::{MirrorLabels, MirrorName, metrics};
 use crate::mirror::Mirrors;
 use crate::oci::{Digest, Reference, RepoName, media};
 use crate::registry::{Registry, RegistryError};
+use crate::worker::{WorkerStatus, Workers};
 
 /// Rows per page of repositories and of tags.
 pub const PAGE_SIZE: usize = 100;
@@ -31,6 +32,7 @@ pub struct Ui {
     registry: Arc<Registry>,
     maintenance: Arc<Maintenance>,
     policies: Vec<Policy>,
+    workers: Arc<Workers>,
 }
 
 /// One page of a listing and where the next one starts.
@@ -129,6 +131,8 @@ pub struct MaintenanceView {
     pub runs: Vec<RunRecord>,
     pub stats: StoreStats,
     pub policies: usize,
+    /// The server's background workers, by name.
+    pub workers: Vec<WorkerStatus>,
 }
 
 fn platform(v: &serde_json::Value) -> Option<String> {
@@ -217,12 +221,14 @@ impl Ui {
         registry: Arc<Registry>,
         maintenance: Arc<Maintenance>,
         policies: Vec<Policy>,
+        workers: Arc<Workers>,
     ) -> Ui {
         Ui {
             store,
             registry,
             maintenance,
             policies,
+            workers,
         }
     }
 
@@ -463,13 +469,14 @@ impl Ui {
         Ok(out)
     }
 
-    /// Last runs of each job and the store's totals.
+    /// Last runs of each job, the store's totals and the background workers.
     pub async fn maintenance(&self) -> Result<MaintenanceView, RegistryError> {
         let store = self.maintenance.store();
         Ok(MaintenanceView {
             runs: store.recent_runs(3).await?,
             stats: store.stats().await?,
             policies: self.policies.len(),
+            workers: self.workers.statuses(),
         })
     }
 

@@ -402,6 +402,32 @@ pub fn maintenance(ctx: &Ctx, v: &MaintenanceView, preview: Option<&RetentionSum
                     }
                 } }
             }
+            h2 { "Workers" }
+            table #workers {
+                thead { tr { th { "Worker" } th { "State" } th { "Progress" } th { "Last run" } th { "Next run" } th { "Detail" } th { "Last error" } } }
+                tbody { @for w in &v.workers {
+                    tr data-worker=(w.name) {
+                        td { (w.name) }
+                        td { span class=(format!("worker-{}", w.state.as_str())) { (w.state.as_str()) } }
+                        td { @match &w.progress {
+                            Some(p) => { (p.phase) " " (p.done) @if let Some(t) = p.total { " / " (t) } }
+                            None => "—",
+                        } }
+                        td { @match w.last_run {
+                            Some(r) => { (time(r.started_at)) @match r.finished_at {
+                                Some(f) => { " (" (f - r.started_at) " s)" }
+                                None => " (running)",
+                            } }
+                            None => "never",
+                        } }
+                        td { @match w.next_run { Some(t) => (time(t)), None => "—" } }
+                        td { small { (w.detail.as_deref().unwrap_or_default()) } }
+                        td { @if let Some(e) = &w.last_error {
+                            small { (e) @if let Some(at) = w.last_error_at { " (" (time(at)) ", " (w.failures) " failures)" } }
+                        } }
+                    }
+                } }
+            }
             h2 { "Retention" }
             @if v.policies == 0 {
                 p.empty #no-policies { "No retention policy is configured ([[retention.policy]] in the config)." }

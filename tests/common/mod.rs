@@ -195,6 +195,48 @@ impl Berth {
         Self::spawn(data_dir, extra, false)
     }
 
+    /// [`Berth::start_secure_on`] with the server's log at `info` written to `log` (for tests that read it).
+    pub fn start_secure_logging(data_dir: &Path, extra: &[&str], log: &Path) -> Berth {
+        let port = free_port();
+        let file = std::fs::File::create(log).expect("create log file");
+        let child = Self::command(port, data_dir, data_dir, extra, false)
+            .env("RUST_LOG", "info")
+            .stderr(file)
+            .spawn()
+            .expect("spawn berth");
+        let mut b = Berth {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            metadata_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            open_access: false,
+        };
+        b.wait_ready();
+        b
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; returns its status and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for berth") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "berth did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// PostgreSQL only: starts a second replica of `of` on `data_dir`, sharing `of`'s database and, through
     /// symbolic links, its blob store (`blobs/`, `uploads/`): the scale-out shape on one machine, where a shared
     /// object store would hold the blobs. Each replica keeps its own `tmp/` (a starting replica clears its staging
