@@ -306,8 +306,7 @@ async fn sigterm_stops_running_workers_in_time_and_keeps_the_last_pulls() {
 /// with that as its detail, never failed; once the lease is free it runs again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_lease_another_replica_holds_shows_idle_not_failed() {
-    use berth::meta::maint::MaintenanceStore;
-    use berth::meta::postgres::{PgMetadataStore, PgSettings};
+    use berth::meta::{Coordination, PgSettings, SqlStore};
     if !common::on_postgres() {
         eprintln!("SKIPPED: leases need shared metadata (BERTH_TEST_METADATA=postgres)");
         return;
@@ -316,7 +315,7 @@ async fn a_job_whose_lease_another_replica_holds_shows_idle_not_failed() {
     let cfg = maint::scheduled_config(tmp.path(), "team/*", "");
     let b = secure_with(&cfg);
     // The other replica: a store of its own on the same database.
-    let other = PgMetadataStore::open(&PgSettings {
+    let other = SqlStore::postgres(&PgSettings {
         url: common::postgres_url(&b.data_dir),
         pool_size: 2,
     })
