@@ -8,6 +8,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::Synchronous;
+pub use crate::store::config::{AzureStorage, BlobBackend, GcsStorage, S3Storage};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -381,77 +382,6 @@ pub struct Storage {
     pub postgres_pool_size: usize,
 }
 
-/// The blob backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BlobBackend {
-    #[default]
-    Filesystem,
-    S3,
-    Gcs,
-    Azure,
-}
-
-/// Amazon S3 or an S3-compatible server (MinIO, Ceph RGW, Garage…). Keys not set here come from the usual
-/// `AWS_*` environment variables, then instance metadata (EC2/ECS/EKS roles).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Storage {
-    /// Bucket name (must exist; berth does not create it).
-    pub bucket: String,
-    /// Key prefix inside the bucket, so one bucket can hold several registries.
-    pub prefix: String,
-    /// Endpoint URL of an S3-compatible server, e.g. `http://minio:9000`; absent: Amazon S3 for `region`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// Region; absent: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Access key id; absent: from the environment or instance metadata.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_key_id: Option<String>,
-    /// Name of an environment variable holding the secret access key (never written in the file).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret_access_key_env: Option<String>,
-    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted (`bucket.endpoint/key`); most
-    /// self-hosted servers want this.
-    pub path_style: bool,
-    /// Allow a plain `http://` endpoint.
-    pub allow_http: bool,
-}
-
-/// Google Cloud Storage. Credentials not set here come from `GOOGLE_APPLICATION_CREDENTIALS` /
-/// `GOOGLE_SERVICE_ACCOUNT`, then the instance's service account.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GcsStorage {
-    pub bucket: String,
-    pub prefix: String,
-    /// A service-account JSON key file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_account_path: Option<PathBuf>,
-}
-
-/// Azure Blob Storage. Credentials not set here come from the `AZURE_*` environment variables, then managed
-/// identity.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AzureStorage {
-    /// Storage account name.
-    pub account: String,
-    /// Container name (must exist).
-    pub container: String,
-    pub prefix: String,
-    /// Name of an environment variable holding the account's access key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_key_env: Option<String>,
-    /// Endpoint URL, e.g. an Azurite emulator; absent: the account's public endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// Allow a plain `http://` endpoint.
-    pub allow_http: bool,
-}
-
 /// The metadata store behind `storage.metadata`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -461,6 +391,18 @@ pub enum MetadataBackend {
 }
 
 impl Storage {
+    /// What the blob store needs of these keys.
+    pub fn object_settings(&self) -> crate::store::config::ObjectSettings<'_> {
+        crate::store::config::ObjectSettings {
+            blobs: self.blobs,
+            s3: &self.s3,
+            gcs: &self.gcs,
+            azure: &self.azure,
+            redirect_ttl: self.redirect_ttl,
+            data_dir: &self.data_dir,
+        }
+    }
+
     /// The PostgreSQL URL, from `postgres_url` or the variable `postgres_url_env` names.
     pub fn postgres_url(&self) -> Result<String, ConfigError> {
         match (&self.postgres_url, &self.postgres_url_env) {

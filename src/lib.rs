@@ -5,15 +5,17 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod maint;
-pub mod meta;
-pub mod metrics;
 pub mod migrate;
 pub mod mirror;
-pub mod oci;
 pub mod prefetch;
 pub mod registry;
 pub mod server;
-pub mod store;
 pub mod tls;
 pub mod ui;
 pub mod worker;
+
+// The layers below the domain are crates of their own (docs/architecture.md); they keep their old paths here.
+pub use berth_meta as meta;
+pub use berth_metrics as metrics;
+pub use berth_oci as oci;
+pub use berth_store as store;

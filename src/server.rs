@@ -153,7 +153,7 @@ pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
                 .with_context(|| format!("cannot open blob store in {}", dir.display()))?,
         ),
         backend => Arc::new(
-            ObjectBlobStore::open(&config.storage)
+            ObjectBlobStore::open(&config.storage.object_settings())
                 .with_context(|| format!("cannot open the {backend:?} blob store"))?,
         ),
     })

@@ -2,7 +2,7 @@
 //! in one query, so a repository with 10,000 tags renders a page without one query per tag.
 
 use super::{MetaError, MetadataStore};
-use crate::oci::{Digest, RepoName};
+use berth_oci::{Digest, RepoName};
 
 /// A repository as the repository list shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

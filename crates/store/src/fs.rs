@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{BlobReader, BlobStore, ByteStream, Capacity, StoreError, WriteProgress};
-use crate::oci::Digest;
+use berth_oci::Digest;
 
 /// Size of the reads that feed a blob GET; large enough to keep syscalls cheap per byte.
 const READ_CHUNK: usize = 256 * 1024;

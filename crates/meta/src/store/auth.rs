@@ -2,9 +2,9 @@
 //! token revoked or a user removed (by any replica or the CLI) is refused everywhere at once.
 
 use super::SqlStore;
-use crate::auth::store::{AuthStore, TokenRecord, UserRecord};
-use crate::meta::MetaError;
-use crate::meta::sql::{Row, read_tx, write_tx};
+use crate::MetaError;
+use crate::auth::{AuthStore, TokenRecord, UserRecord};
+use crate::sql::{Row, read_tx, write_tx};
 
 const USER_COLUMNS: &str = "name, password_hash, admin, created_at";
 const TOKEN_COLUMNS: &str =

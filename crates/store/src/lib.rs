@@ -4,6 +4,7 @@
 //! written whole and durably (`publish_upload` / `put_bytes` are atomic); readers never see a partial object.
 //! The store never decides whether a blob *should* exist — that is the metadata store's job.
 
+pub mod config;
 pub mod fs;
 pub mod object;
 
@@ -12,7 +13,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_core::Stream;
 
-use crate::oci::Digest;
+use berth_oci::Digest;
 
 /// A stream of bytes read from or written to the store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -153,4 +154,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes leftovers of interrupted writes (temporary files that were never published).
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

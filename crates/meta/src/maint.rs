@@ -5,7 +5,7 @@
 //! the re-check sees the new reference (or the renewed timestamp) and the item stays (design invariant 3).
 
 use super::{ManifestRecord, MetaError, MetadataStore, RefKind};
-use crate::oci::{Digest, RepoName, name::Tag};
+use berth_oci::{Digest, RepoName, name::Tag};
 
 /// A repository as maintenance sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

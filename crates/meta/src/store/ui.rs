@@ -6,10 +6,10 @@
 //! "C" collation matches SQLite's ASCII-only `lower`.
 
 use super::{SqlStore, repo_id};
-use crate::meta::MetaError;
-use crate::meta::sql::{Dialect, read_tx, scan_tx};
-use crate::meta::ui::{RepoRow, TagRow, UiStore};
-use crate::oci::{Digest, RepoName};
+use crate::MetaError;
+use crate::sql::{Dialect, read_tx, scan_tx};
+use crate::ui::{RepoRow, TagRow, UiStore};
+use berth_oci::{Digest, RepoName};
 
 /// Bytes of the config and layers of manifest `manifest` in repository `repo` (SQL expressions) that are present.
 fn blob_bytes(repo: &str, manifest: &str) -> String {

@@ -20,7 +20,7 @@ pub mod sqlite;
 use std::future::Future;
 
 use super::MetaError;
-use crate::oci::Digest;
+use berth_oci::Digest;
 
 /// A statement parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,35 +354,32 @@ pub enum Db {
 macro_rules! write_tx {
     ($db:expr, |$tx:ident| $body:expr) => {
         match $db {
-            $crate::meta::sql::Db::Sqlite(db) => {
+            $crate::sql::Db::Sqlite(db) => {
                 db.write(move |conn| {
-                    let $tx = &mut $crate::meta::sql::Tx::Sqlite(conn);
-                    $crate::meta::sql::ready($body)
+                    let $tx = &mut $crate::sql::Tx::Sqlite(conn);
+                    $crate::sql::ready($body)
                 })
                 .await
             }
-            $crate::meta::sql::Db::Postgres(db) => {
+            $crate::sql::Db::Postgres(db) => {
                 let mut attempt = 0u32;
                 loop {
                     attempt += 1;
                     let mut conn = db.conn().await?;
                     let result = async {
-                        let t = conn
-                            .transaction()
-                            .await
-                            .map_err($crate::meta::MetaError::from)?;
+                        let t = conn.transaction().await.map_err($crate::MetaError::from)?;
                         let out = {
-                            let $tx = &mut $crate::meta::sql::Tx::Postgres(
-                                $crate::meta::sql::postgres::PgConn::Tx(&t),
+                            let $tx = &mut $crate::sql::Tx::Postgres(
+                                $crate::sql::postgres::PgConn::Tx(&t),
                             );
-                            $crate::meta::sql::typed($body).await
+                            $crate::sql::typed($body).await
                         }?;
-                        t.commit().await.map_err($crate::meta::MetaError::from)?;
-                        Ok::<_, $crate::meta::MetaError>(out)
+                        t.commit().await.map_err($crate::MetaError::from)?;
+                        Ok::<_, $crate::MetaError>(out)
                     }
                     .await;
                     match result {
-                        Err(e) if $crate::meta::sql::postgres::retry(&e, attempt).await => {}
+                        Err(e) if $crate::sql::postgres::retry(&e, attempt).await => {}
                         other => break other,
                     }
                 }
@@ -396,16 +393,15 @@ macro_rules! write_tx {
 macro_rules! read_tx {
     ($db:expr, |$tx:ident| $body:expr) => {
         match $db {
-            $crate::meta::sql::Db::Sqlite(db) => db.read(move |conn| {
-                let $tx = &mut $crate::meta::sql::Tx::Sqlite(conn);
-                $crate::meta::sql::ready($body)
+            $crate::sql::Db::Sqlite(db) => db.read(move |conn| {
+                let $tx = &mut $crate::sql::Tx::Sqlite(conn);
+                $crate::sql::ready($body)
             }),
-            $crate::meta::sql::Db::Postgres(db) => {
+            $crate::sql::Db::Postgres(db) => {
                 let conn = db.conn().await?;
-                let $tx = &mut $crate::meta::sql::Tx::Postgres(
-                    $crate::meta::sql::postgres::PgConn::Client(&conn),
-                );
-                $crate::meta::sql::typed($body).await
+                let $tx =
+                    &mut $crate::sql::Tx::Postgres($crate::sql::postgres::PgConn::Client(&conn));
+                $crate::sql::typed($body).await
             }
         }
     };
@@ -417,14 +413,14 @@ macro_rules! read_tx {
 macro_rules! scan_tx {
     ($db:expr, |$tx:ident| $body:expr) => {
         match $db {
-            $crate::meta::sql::Db::Sqlite(db) => {
+            $crate::sql::Db::Sqlite(db) => {
                 db.scan(move |conn| {
-                    let $tx = &mut $crate::meta::sql::Tx::Sqlite(conn);
-                    $crate::meta::sql::ready($body)
+                    let $tx = &mut $crate::sql::Tx::Sqlite(conn);
+                    $crate::sql::ready($body)
                 })
                 .await
             }
-            $crate::meta::sql::Db::Postgres(db) => {
+            $crate::sql::Db::Postgres(db) => {
                 let mut conn = db.conn().await?;
                 let t = conn
                     .build_transaction()
@@ -432,15 +428,13 @@ macro_rules! scan_tx {
                     .read_only(true)
                     .start()
                     .await
-                    .map_err($crate::meta::MetaError::from)?;
+                    .map_err($crate::MetaError::from)?;
                 let out = {
-                    let $tx = &mut $crate::meta::sql::Tx::Postgres(
-                        $crate::meta::sql::postgres::PgConn::Tx(&t),
-                    );
-                    $crate::meta::sql::typed($body).await
+                    let $tx = &mut $crate::sql::Tx::Postgres($crate::sql::postgres::PgConn::Tx(&t));
+                    $crate::sql::typed($body).await
                 }?;
-                t.commit().await.map_err($crate::meta::MetaError::from)?;
-                Ok::<_, $crate::meta::MetaError>(out)
+                t.commit().await.map_err($crate::MetaError::from)?;
+                Ok::<_, $crate::MetaError>(out)
             }
         }
     };

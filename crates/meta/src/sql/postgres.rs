@@ -23,8 +23,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::{Lock, Param, Row, Value};
-use crate::meta::schema;
-use crate::meta::{FetchLease, MetaError, StoreLock};
+use crate::schema;
+use crate::{FetchLease, MetaError, StoreLock};
 
 /// Namespaces of advisory-lock keys (the first of the two `int4` keys), so locks of different purposes never meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -314,7 +314,9 @@ impl PgDb {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         // A peer that vanished (host down, network cut) is noticed by the kernel instead of never.
-        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
         Ok(PgDb {
             pool: pool(&config, settings.pool_size)?,
             lock_pool: pool(&config, settings.pool_size)?,

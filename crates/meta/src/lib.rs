@@ -3,6 +3,7 @@
 //! layer that runs it on SQLite or PostgreSQL (`sql`), so the domain never composes multi-step writes that could
 //! interleave with another request, and the two backends cannot drift apart.
 
+pub mod auth;
 pub mod maint;
 mod schema;
 pub mod sql;
@@ -14,7 +15,7 @@ pub use sql::postgres::PgSettings;
 pub use sql::sqlite::Synchronous;
 pub use store::SqlStore;
 
-use crate::oci::{Algorithm, Digest, RepoName, name::Tag};
+use berth_oci::{Algorithm, Digest, RepoName, name::Tag};
 
 /// Why a metadata operation failed. Callers decide on the kind, never on the text: `Unavailable` is a store that
 /// cannot be reached right now (the client is told to retry), the others are this request's own failure.

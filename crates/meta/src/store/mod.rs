@@ -22,7 +22,7 @@ use super::{
     Coordination, Eviction, FetchLease, ManifestRecord, ManifestRejection, MetaError,
     MetadataStore, NewManifest, Page, RefKind, RemoveOutcome, StoreLock, UploadRecord, now,
 };
-use crate::oci::{Digest, RepoName, name::Tag};
+use berth_oci::{Digest, RepoName, name::Tag};
 
 /// Repositories whose tag list is kept in memory at most (the cache is dropped whole when full).
 const TAG_LIST_CACHE_REPOS: usize = 1024;

@@ -11,8 +11,8 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 use super::{Param, Row, Value};
-use crate::meta::MetaError;
-use crate::meta::schema;
+use crate::MetaError;
+use crate::schema;
 
 /// How much SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

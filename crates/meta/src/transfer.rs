@@ -357,7 +357,7 @@ fn rows_of(rx: RowStream) -> impl futures_core::Stream<Item = Result<Row, MetaEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::sql::sqlite::Synchronous;
+    use crate::sql::sqlite::Synchronous;
 
     fn open(dir: &std::path::Path, name: &str) -> MetaDatabase {
         Arc::new(SqlStore::sqlite(&dir.join(name), Synchronous::Normal).unwrap())

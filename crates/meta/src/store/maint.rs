@@ -3,13 +3,13 @@
 //! concurrent pushes from this process, the CLI or another replica.
 
 use super::{MANIFEST_COLUMNS, SqlStore, records, repo_id, tombstone};
-use crate::meta::maint::{
+use crate::maint::{
     MaintenanceStore, RefCheck, RepoInfo, RunRecord, SnapLink, SnapManifest, Snapshot, StoreStats,
     TagDetail, UntaggedManifest,
 };
-use crate::meta::sql::{Lock, Row, Tx, read_tx, scan_tx, write_tx};
-use crate::meta::{ManifestRecord, MetaError, RefKind, now};
-use crate::oci::{Digest, RepoName, name::Tag};
+use crate::sql::{Lock, Row, Tx, read_tx, scan_tx, write_tx};
+use crate::{ManifestRecord, MetaError, RefKind, now};
+use berth_oci::{Digest, RepoName, name::Tag};
 
 /// Bytes of blobs that private repositories use, as links or as manifests.
 const PRIVATE_BYTES: &str = "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blob b WHERE

@@ -32,8 +32,8 @@ use object_store::{
 use tokio::io::AsyncWriteExt;
 
 use super::{BlobReader, BlobStore, ByteStream, Capacity, StoreError, WriteProgress};
-use crate::config::{BlobBackend, Storage};
-use crate::oci::Digest;
+use crate::config::{BlobBackend, ObjectSettings};
+use berth_oci::Digest;
 
 /// Size of a multipart part. S3 requires at least 5 MiB for every part but the last; larger parts mean fewer
 /// requests (S3 allows 10 000 parts, so 8 MiB parts reach 78 GiB per chunk).
@@ -127,7 +127,7 @@ impl ObjectBlobStore {
     /// Connects to the backend `storage.blobs` names. Credentials not given in the config come from the
     /// provider's usual environment variables and, failing those, instance metadata (EC2/ECS roles, GCE service
     /// accounts, Azure managed identity), as `object_store`'s builders look them up.
-    pub fn open(storage: &Storage) -> Result<ObjectBlobStore, StoreError> {
+    pub fn open(storage: &ObjectSettings<'_>) -> Result<ObjectBlobStore, StoreError> {
         let (store, signer, prefix): (Arc<dyn ObjectStore>, Arc<dyn Signer>, &str) = match storage
             .blobs
         {
@@ -138,7 +138,7 @@ impl ObjectBlobStore {
                 ));
             }
             BlobBackend::S3 => {
-                let c = &storage.s3;
+                let c = storage.s3;
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&c.bucket)
                     .with_virtual_hosted_style_request(!c.path_style)
@@ -166,7 +166,7 @@ impl ObjectBlobStore {
                 (s.clone(), s, c.prefix.as_str())
             }
             BlobBackend::Gcs => {
-                let c = &storage.gcs;
+                let c = storage.gcs;
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&c.bucket)
                     .with_retry(retry_policy());
@@ -177,7 +177,7 @@ impl ObjectBlobStore {
                 (s.clone(), s, c.prefix.as_str())
             }
             BlobBackend::Azure => {
-                let c = &storage.azure;
+                let c = storage.azure;
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_account(&c.account)
                     .with_container_name(&c.container)
@@ -544,7 +544,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn list_uploads(&self) -> Result<Vec<String>, StoreError> {
-        let cutoff = crate::meta::now() - ORPHAN_MIN_AGE_SECS;
+        let cutoff = crate::now() - ORPHAN_MIN_AGE_SECS;
         let mut newest: std::collections::HashMap<String, i64> = Default::default();
         let mut objects = self.store.list(Some(&Path::from("uploads")));
         while let Some(m) = objects.next().await {
