@@ -314,20 +314,22 @@ async fn get_ok(http: &Client, url: &str, accept: Option<&str>) -> Result<Vec<u8
 /// the problems found.
 pub async fn verify_all_tags(base: &str, repos: &[String]) -> (usize, Vec<String>) {
     let http = Client::new();
-    let mut problems = Vec::new();
+    let mut all = Vec::new();
     let mut n = 0;
     for repo in repos {
         let list = match get_ok(&http, &format!("{base}/v2/{repo}/tags/list"), None).await {
             Ok(b) => serde_json::from_slice::<Value>(&b).unwrap_or_default(),
             Err(e) if e.ends_with("404 Not Found") => continue,
             Err(e) => {
-                problems.push(e);
+                all.push(e);
                 continue;
             }
         };
         for tag in list["tags"].as_array().cloned().unwrap_or_default() {
             let tag = tag.as_str().unwrap_or_default();
             n += 1;
+            let mut found = Vec::new();
+            let problems = &mut found;
             let accept = format!("{INDEX}, {MANIFEST}");
             let index = match get_ok(
                 &http,
@@ -373,7 +375,22 @@ pub async fn verify_all_tags(base: &str, repos: &[String]) -> (usize, Vec<String
                     }
                 }
             }
+            // The server's own retention may delete a tag between the listing and its pull (the scheduled runs go
+            // on): only problems of a tag that is still listed count.
+            if !found.is_empty() && still_listed(&http, base, repo, tag).await {
+                all.append(&mut found);
+            }
         }
     }
-    (n, problems)
+    (n, all)
+}
+
+async fn still_listed(http: &Client, base: &str, repo: &str, tag: &str) -> bool {
+    match get_ok(http, &format!("{base}/v2/{repo}/tags/list"), None).await {
+        Ok(b) => serde_json::from_slice::<Value>(&b).unwrap_or_default()["tags"]
+            .as_array()
+            .is_some_and(|tags| tags.iter().any(|t| t == tag)),
+        // Unknown: keep the problems.
+        Err(_) => true,
+    }
 }
