@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::MetaError;
 use super::schema::{self, TableShape, Type};
 pub use super::sql::Value;
-use super::sql::{Dialect, Param, read_tx, write_tx};
+use super::sql::{Dialect, Param, write_tx};
 use super::store::SqlStore;
 
 /// Every table that is copied, parents before children (the order foreign keys need on insert).
@@ -114,9 +114,12 @@ pub async fn counts(db: &SqlStore) -> Result<Vec<u64>, MetaError> {
     let mut out = Vec::with_capacity(TABLES.len());
     for t in TABLES.iter() {
         let sql = format!("SELECT COUNT(*) FROM {}", t.name);
-        out.push(read_tx!(db.db(), |tx| async {
-            tx.one(&sql, &[]).await?.size(0)
-        })?);
+        out.push(
+            db.read(&sql, Vec::new())
+                .await?
+                .first()
+                .map_or(Ok(0), |r| r.size(0))?,
+        );
     }
     Ok(out)
 }
@@ -127,16 +130,13 @@ pub async fn other_sessions(db: &SqlStore) -> Result<Option<u64>, MetaError> {
     if !db.shared() {
         return Ok(None);
     }
-    let n = read_tx!(db.db(), |tx| async {
-        tx.one(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-            &[],
-        )
+    let sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+               AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    db.read(sql, Vec::new())
         .await?
-        .size(0)
-    })?;
-    Ok(Some(n))
+        .first()
+        .map(|r| r.size(0))
+        .transpose()
 }
 
 /// Streams the rows of `TABLES[table]` in primary-key order, in batches, from a task of its own.
@@ -162,7 +162,7 @@ pub fn read(db: &MetaDatabase, table: usize) -> RowStream {
                 .as_ref()
                 .map(|r| key.iter().filter_map(|i| r.get(*i).cloned()).collect())
                 .unwrap_or_default();
-            let page: Vec<Row> = match page(&db, &sql, &after).await {
+            let page: Vec<Row> = match db.read(&sql, after).await {
                 Ok(rows) => rows.into_iter().map(|r| normalized(t, r)).collect(),
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
@@ -181,15 +181,6 @@ pub fn read(db: &MetaDatabase, table: usize) -> RowStream {
         }
     });
     rx
-}
-
-async fn page(
-    db: &SqlStore,
-    sql: &str,
-    after: &[Value],
-) -> Result<Vec<super::sql::Row>, MetaError> {
-    let params: Vec<Param<'_>> = after.iter().map(Value::as_param).collect();
-    read_tx!(db.db(), |tx| tx.query(sql, &params))
 }
 
 /// [`read`] as a stream of rows.

@@ -31,62 +31,26 @@ pub enum Param<'a> {
     Bool(bool),
 }
 
-impl From<i64> for Param<'_> {
-    fn from(v: i64) -> Self {
-        Param::Int(v)
-    }
+macro_rules! param_from {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {
+        $(impl<'a> From<$t> for Param<'a> {
+            fn from($v: $t) -> Self {
+                $e
+            }
+        })*
+    };
 }
 
-/// Sizes and counts above `i64::MAX` cannot be stored; they saturate (no blob or page is that large).
-impl From<u64> for Param<'_> {
-    fn from(v: u64) -> Self {
-        Param::Int(i64::try_from(v).unwrap_or(i64::MAX))
-    }
-}
-
-impl From<usize> for Param<'_> {
-    fn from(v: usize) -> Self {
-        Param::Int(i64::try_from(v).unwrap_or(i64::MAX))
-    }
-}
-
-impl From<bool> for Param<'_> {
-    fn from(v: bool) -> Self {
-        Param::Bool(v)
-    }
-}
-
-impl<'a> From<&'a str> for Param<'a> {
-    fn from(v: &'a str) -> Self {
-        Param::Text(v)
-    }
-}
-
-impl<'a> From<&'a String> for Param<'a> {
-    fn from(v: &'a String) -> Self {
-        Param::Text(v)
-    }
-}
-
-impl<'a> From<&'a i64> for Param<'a> {
-    fn from(v: &'a i64) -> Self {
-        Param::Int(*v)
-    }
-}
-
-impl<'a> From<&'a bool> for Param<'a> {
-    fn from(v: &'a bool) -> Self {
-        Param::Bool(*v)
-    }
-}
-
-impl<'a, T> From<&'a Option<T>> for Param<'a>
-where
-    &'a T: Into<Param<'a>>,
-{
-    fn from(v: &'a Option<T>) -> Self {
-        v.as_ref().map_or(Param::Null, Into::into)
-    }
+// Sizes and counts above `i64::MAX` cannot be stored; they saturate (no blob or page is that large).
+param_from! {
+    i64 => |v| Param::Int(v);
+    &'a i64 => |v| Param::Int(*v);
+    u64 => |v| Param::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    usize => |v| Param::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    bool => |v| Param::Bool(v);
+    &'a bool => |v| Param::Bool(*v);
+    &'a str => |v| Param::Text(v);
+    &'a String => |v| Param::Text(v);
 }
 
 impl<'a, T: Into<Param<'a>>> From<Option<T>> for Param<'a> {
@@ -114,6 +78,24 @@ pub enum Value {
     Int(i64),
     Text(String),
     Bool(bool),
+}
+
+impl From<Param<'_>> for Value {
+    fn from(p: Param<'_>) -> Self {
+        match p {
+            Param::Null => Value::Null,
+            Param::Int(v) => Value::Int(v),
+            Param::Text(s) => Value::Text(s.to_owned()),
+            Param::Bool(b) => Value::Bool(b),
+        }
+    }
+}
+
+/// Owned statement parameters, from anything a [`Param`] is made of: `vals![repo.as_str(), size, now()]`.
+macro_rules! vals {
+    ($($v:expr),* $(,)?) => {
+        vec![$($crate::sql::Value::from($crate::sql::Param::from($v))),*]
+    };
 }
 
 impl Value {
@@ -440,4 +422,4 @@ macro_rules! scan_tx {
     };
 }
 
-pub(crate) use {read_tx, scan_tx, write_tx};
+pub(crate) use {read_tx, scan_tx, vals, write_tx};

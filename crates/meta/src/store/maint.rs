@@ -2,12 +2,12 @@
 //! first (the locks pushes take), then re-checks each item inside its transaction, so it is exact against
 //! concurrent pushes from this process, the CLI or another replica.
 
-use super::{MANIFEST_COLUMNS, SqlStore, records, repo_id, tombstone};
+use super::{MANIFEST_COLUMNS, SqlStore, to_record, tombstone};
 use crate::maint::{
     MaintenanceStore, RefCheck, RepoInfo, RunRecord, SnapLink, SnapManifest, Snapshot, StoreStats,
     TagDetail, UntaggedManifest,
 };
-use crate::sql::{Lock, Row, Tx, read_tx, scan_tx, write_tx};
+use crate::sql::{Lock, Row, Tx, scan_tx, vals, write_tx};
 use crate::{ManifestRecord, MetaError, RefKind, now};
 use berth_oci::{Digest, RepoName, name::Tag};
 
@@ -23,10 +23,10 @@ const PRIVATE_DIGEST: &str =
                      OR EXISTS (SELECT 1 FROM manifest m JOIN repository r ON r.id = m.repo
                                 WHERE m.digest = $1 AND r.kind = 'private')";
 
-/// Untagged manifest `m` of repository `$1` that no index there lists and whose subject is not there.
-const UNNEEDED: &str = "NOT EXISTS (SELECT 1 FROM tag t WHERE t.repo = $1 AND t.manifest = m.digest)
-    AND NOT EXISTS (SELECT 1 FROM manifest_ref p WHERE p.repo = $1 AND p.child = m.digest AND p.kind = 'child')
-    AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifest s WHERE s.repo = $1 AND s.digest = m.subject))";
+/// Untagged manifest `m` that no index in its repository lists and whose subject is not there.
+const UNNEEDED: &str = "NOT EXISTS (SELECT 1 FROM tag t WHERE t.repo = m.repo AND t.manifest = m.digest)
+    AND NOT EXISTS (SELECT 1 FROM manifest_ref p WHERE p.repo = m.repo AND p.child = m.digest AND p.kind = 'child')
+    AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifest s WHERE s.repo = m.repo AND s.digest = m.subject))";
 
 /// A repository holding nothing (no manifest, tag, blob link or upload session).
 const EMPTY: &str = "NOT EXISTS (SELECT 1 FROM manifest m WHERE m.repo = repository.id)
@@ -328,35 +328,20 @@ impl MaintenanceStore for SqlStore {
     }
 
     async fn tombstones(&self, deleted_before: i64) -> Result<Vec<Digest>, MetaError> {
-        scan_tx!(self.db(), |tx| async {
-            let rows = tx
-                .query(
-                    "SELECT digest FROM blob_tombstone WHERE deleted_at < $1 ORDER BY digest",
-                    &[deleted_before.into()],
-                )
-                .await?;
-            map(rows, |r| r.digest(0))
+        let sql = "SELECT digest FROM blob_tombstone WHERE deleted_at < $1 ORDER BY digest";
+        map(self.scan(sql, vals![deleted_before]).await?, |r| {
+            r.digest(0)
         })
     }
 
     async fn clear_tombstone(&self, digest: &Digest) -> Result<(), MetaError> {
-        let digest = digest.to_string();
-        write_tx!(self.db(), |tx| async {
-            tx.exec(
-                "DELETE FROM blob_tombstone WHERE digest = $1",
-                &[(&digest).into()],
-            )
-            .await?;
-            Ok(())
-        })
+        let sql = "DELETE FROM blob_tombstone WHERE digest = $1";
+        self.exec(sql, vals![&digest.to_string()]).await.map(drop)
     }
 
     async fn has_tombstone(&self, digest: &Digest) -> Result<bool, MetaError> {
-        let digest = digest.to_string();
-        read_tx!(self.db(), |tx| tx.exists(
-            "SELECT 1 FROM blob_tombstone WHERE digest = $1",
-            &[(&digest).into()]
-        ))
+        let sql = "SELECT 1 FROM blob_tombstone WHERE digest = $1";
+        Ok(!self.read(sql, vals![&digest.to_string()]).await?.is_empty())
     }
 
     async fn repositories(&self) -> Result<Vec<RepoInfo>, MetaError> {
@@ -364,23 +349,15 @@ impl MaintenanceStore for SqlStore {
     }
 
     async fn tag_details(&self, repo: &RepoName) -> Result<Vec<TagDetail>, MetaError> {
-        let repo = repo.to_string();
-        scan_tx!(self.db(), |tx| async {
-            let rows = tx
-                .query(
-                    "SELECT t.name, t.manifest, t.updated_at, m.last_pulled FROM tag t
-                     JOIN repository r ON r.id = t.repo JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest
-                     WHERE r.name = $1 ORDER BY t.updated_at DESC, t.name",
-                    &[(&repo).into()],
-                )
-                .await?;
-            map(rows, |r| {
-                Ok(TagDetail {
-                    name: r.text(0)?,
-                    digest: r.digest(1)?,
-                    updated_at: r.int(2)?,
-                    last_pulled: r.opt_int(3)?,
-                })
+        let sql = "SELECT t.name, t.manifest, t.updated_at, m.last_pulled FROM tag t
+                   JOIN repository r ON r.id = t.repo JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest
+                   WHERE r.name = $1 ORDER BY t.updated_at DESC, t.name";
+        map(self.scan(sql, vals![repo.as_str()]).await?, |r| {
+            Ok(TagDetail {
+                name: r.text(0)?,
+                digest: r.digest(1)?,
+                updated_at: r.int(2)?,
+                last_pulled: r.opt_int(3)?,
             })
         })
     }
@@ -392,80 +369,51 @@ impl MaintenanceStore for SqlStore {
         digest: &Digest,
         updated_at: i64,
     ) -> Result<bool, MetaError> {
-        let (repo, tag, digest) = (repo.to_string(), tag.to_string(), digest.to_string());
-        write_tx!(self.db(), |tx| async {
-            tx.lock(&[Lock::Tag(&repo, &tag)]).await?;
-            let n = tx
-                .exec(
-                    "DELETE FROM tag WHERE repo = (SELECT id FROM repository WHERE name = $1)
-                     AND name = $2 AND manifest = $3 AND updated_at = $4",
-                    &[
-                        (&repo).into(),
-                        (&tag).into(),
-                        (&digest).into(),
-                        updated_at.into(),
-                    ],
-                )
-                .await?;
-            Ok(n > 0)
-        })
+        let sql = "DELETE FROM tag WHERE repo = (SELECT id FROM repository WHERE name = $1)
+                   AND name = $2 AND manifest = $3 AND updated_at = $4";
+        let p = vals![repo.as_str(), tag.as_str(), &digest.to_string(), updated_at];
+        Ok(self.exec(sql, p).await? > 0)
     }
 
     async fn untagged_manifests(
         &self,
         repo: &RepoName,
     ) -> Result<Vec<UntaggedManifest>, MetaError> {
-        let repo = repo.to_string();
-        scan_tx!(self.db(), |tx| async {
-            let Some(id) = repo_id(tx, &repo).await? else {
-                return Ok(Vec::new());
-            };
-            let sql = format!(
-                "SELECT m.digest, m.created_at, m.last_pulled FROM manifest m WHERE m.repo = $1 AND {UNNEEDED}
-                 ORDER BY m.created_at, m.digest"
-            );
-            map(tx.query(&sql, &[id.into()]).await?, |r| {
-                Ok(UntaggedManifest {
-                    digest: r.digest(0)?,
-                    created_at: r.int(1)?,
-                    last_pulled: r.opt_int(2)?,
-                })
+        let sql = format!(
+            "SELECT m.digest, m.created_at, m.last_pulled FROM manifest m
+             WHERE m.repo = (SELECT id FROM repository WHERE name = $1) AND {UNNEEDED}
+             ORDER BY m.created_at, m.digest"
+        );
+        map(self.scan(&sql, vals![repo.as_str()]).await?, |r| {
+            Ok(UntaggedManifest {
+                digest: r.digest(0)?,
+                created_at: r.int(1)?,
+                last_pulled: r.opt_int(2)?,
             })
         })
     }
 
     async fn manifests_of(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>, MetaError> {
-        let repo = repo.to_string();
         let sql = format!(
             "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
              WHERE r.name = $1 ORDER BY m.digest"
         );
-        scan_tx!(self.db(), |tx| records(tx, &sql, &[(&repo).into()]))
+        map(self.scan(&sql, vals![repo.as_str()]).await?, to_record)
     }
 
     async fn reference_checks(&self, repo: &RepoName) -> Result<Vec<RefCheck>, MetaError> {
-        let repo = repo.to_string();
-        scan_tx!(self.db(), |tx| async {
-            let Some(id) = repo_id(tx, &repo).await? else {
-                return Ok(Vec::new());
-            };
-            let rows = tx
-                .query(
-                    "SELECT p.manifest, p.child, p.kind, CASE p.kind
-                        WHEN 'child' THEN EXISTS (SELECT 1 FROM manifest c WHERE c.repo = p.repo AND c.digest = p.child)
-                        ELSE EXISTS (SELECT 1 FROM repo_blob rb JOIN blob b ON b.digest = rb.digest
-                                     WHERE rb.repo = p.repo AND rb.digest = p.child) END
-                     FROM manifest_ref p WHERE p.repo = $1 ORDER BY p.manifest, p.child",
-                    &[id.into()],
-                )
-                .await?;
-            map(rows, |r| {
-                Ok(RefCheck {
-                    manifest: r.digest(0)?,
-                    target: r.digest(1)?,
-                    kind: ref_kind(&r.text(2)?)?,
-                    present: r.bool(3)?,
-                })
+        let sql = "SELECT p.manifest, p.child, p.kind, CASE p.kind
+                      WHEN 'child' THEN EXISTS (SELECT 1 FROM manifest c WHERE c.repo = p.repo AND c.digest = p.child)
+                      ELSE EXISTS (SELECT 1 FROM repo_blob rb JOIN blob b ON b.digest = rb.digest
+                                   WHERE rb.repo = p.repo AND rb.digest = p.child) END
+                   FROM manifest_ref p WHERE p.repo = (SELECT id FROM repository WHERE name = $1)
+                   ORDER BY p.manifest, p.child";
+        map(self.scan(sql, vals![repo.as_str()]).await?, |r| {
+            Ok(RefCheck {
+                manifest: r.digest(0)?,
+                target: r.digest(1)?,
+                kind: ref_kind(&r.text(2)?)?,
+                present: r.bool(3)?,
             })
         })
     }
@@ -475,22 +423,18 @@ impl MaintenanceStore for SqlStore {
         after: Option<String>,
         n: usize,
     ) -> Result<Vec<(Digest, u64)>, MetaError> {
-        scan_tx!(self.db(), |tx| async {
-            let rows = tx
-                .query(
-                    "SELECT digest, size FROM blob WHERE digest > $1 ORDER BY digest LIMIT $2",
-                    &[after.as_deref().unwrap_or_default().into(), n.into()],
-                )
-                .await?;
-            map(rows, |r| Ok((r.digest(0)?, r.size(1)?)))
-        })
+        let sql = "SELECT digest, size FROM blob WHERE digest > $1 ORDER BY digest LIMIT $2";
+        let rows = self
+            .scan(sql, vals![after.as_deref().unwrap_or_default(), n])
+            .await?;
+        map(rows, |r| Ok((r.digest(0)?, r.size(1)?)))
     }
 
     async fn is_private(&self, digest: &Digest) -> Result<bool, MetaError> {
-        let digest = digest.to_string();
-        read_tx!(self.db(), |tx| async {
-            tx.one(PRIVATE_DIGEST, &[(&digest).into()]).await?.bool(0)
-        })
+        let rows = self
+            .read(PRIVATE_DIGEST, vals![&digest.to_string()])
+            .await?;
+        rows.first().map_or(Ok(false), |r| r.bool(0))
     }
 
     async fn drop_cached(&self, digest: &Digest) -> Result<bool, MetaError> {
@@ -501,53 +445,34 @@ impl MaintenanceStore for SqlStore {
     async fn start_run(&self, kind: &str, dry_run: bool) -> Result<i64, MetaError> {
         let kind = kind.to_owned();
         write_tx!(self.db(), |tx| async {
-            tx.one(
-                "INSERT INTO maint_run (kind, started_at, outcome, dry_run) VALUES ($1, $2, 'running', $3)
-                 RETURNING id",
-                &[(&kind).into(), now().into(), dry_run.into()],
-            )
-            .await?
-            .int(0)
+            let sql = "INSERT INTO maint_run (kind, started_at, outcome, dry_run) VALUES ($1, $2, 'running', $3)
+                       RETURNING id";
+            tx.one(sql, &[(&kind).into(), now().into(), dry_run.into()])
+                .await?
+                .int(0)
         })
     }
 
     async fn finish_run(&self, id: i64, outcome: &str, summary: &str) -> Result<(), MetaError> {
-        let (outcome, summary) = (outcome.to_owned(), summary.to_owned());
-        write_tx!(self.db(), |tx| async {
-            tx.exec(
-                "UPDATE maint_run SET finished_at = $2, outcome = $3, summary = $4 WHERE id = $1",
-                &[
-                    id.into(),
-                    now().into(),
-                    (&outcome).into(),
-                    (&summary).into(),
-                ],
-            )
-            .await?;
-            Ok(())
-        })
+        let sql = "UPDATE maint_run SET finished_at = $2, outcome = $3, summary = $4 WHERE id = $1";
+        self.exec(sql, vals![id, now(), outcome, summary])
+            .await
+            .map(drop)
     }
 
     async fn recent_runs(&self, per_kind: usize) -> Result<Vec<RunRecord>, MetaError> {
-        scan_tx!(self.db(), |tx| async {
-            let rows = tx
-                .query(
-                    "SELECT id, kind, started_at, finished_at, outcome, dry_run, summary FROM (
-                         SELECT *, ROW_NUMBER() OVER (PARTITION BY kind ORDER BY id DESC) AS n FROM maint_run) runs
-                     WHERE n <= $1 ORDER BY kind, id DESC",
-                    &[per_kind.into()],
-                )
-                .await?;
-            map(rows, |r| {
-                Ok(RunRecord {
-                    id: r.int(0)?,
-                    kind: r.text(1)?,
-                    started_at: r.int(2)?,
-                    finished_at: r.opt_int(3)?,
-                    outcome: r.text(4)?,
-                    dry_run: r.bool(5)?,
-                    summary: r.opt_text(6)?,
-                })
+        let sql = "SELECT id, kind, started_at, finished_at, outcome, dry_run, summary FROM (
+                       SELECT *, ROW_NUMBER() OVER (PARTITION BY kind ORDER BY id DESC) AS n FROM maint_run) runs
+                   WHERE n <= $1 ORDER BY kind, id DESC";
+        map(self.scan(sql, vals![per_kind]).await?, |r| {
+            Ok(RunRecord {
+                id: r.int(0)?,
+                kind: r.text(1)?,
+                started_at: r.int(2)?,
+                finished_at: r.opt_int(3)?,
+                outcome: r.text(4)?,
+                dry_run: r.bool(5)?,
+                summary: r.opt_text(6)?,
             })
         })
     }

@@ -12,12 +12,13 @@ mod ui;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::sql::postgres::{PgDb, PgSettings};
 use super::sql::sqlite::{SqliteDb, Synchronous};
-use super::sql::{Db, Lock, Param, Row, Tx, read_tx, write_tx};
+use super::sql::{Db, Lock, Param, Row, Tx, Value, read_tx, scan_tx, vals, write_tx};
 use super::{
     Coordination, Eviction, FetchLease, ManifestRecord, ManifestRejection, MetaError,
     MetadataStore, NewManifest, Page, RefKind, RemoveOutcome, StoreLock, UploadRecord, now,
@@ -71,6 +72,84 @@ impl SqlStore {
     pub(super) fn db(&self) -> &Db {
         &self.db
     }
+
+    /// One statement in a write transaction of its own; the rows it changed.
+    pub(super) async fn exec(&self, sql: &str, params: Vec<Value>) -> Result<u64, MetaError> {
+        self.exec_each(sql, vec![params]).await
+    }
+
+    /// One statement run once per parameter list, all in one write transaction; the rows they changed.
+    pub(super) async fn exec_each(
+        &self,
+        sql: &str,
+        each: Vec<Vec<Value>>,
+    ) -> Result<u64, MetaError> {
+        let sql = sql.to_owned();
+        write_tx!(&self.db, |tx| async {
+            let mut n = 0;
+            for params in &each {
+                n += tx.exec(&sql, &as_params(params)).await?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// One point read (see `read_tx!`).
+    pub(super) async fn read(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, MetaError> {
+        let sql = sql.to_owned();
+        read_tx!(&self.db, |tx| async {
+            tx.query(&sql, &as_params(&params)).await
+        })
+    }
+
+    /// One long read on its own snapshot (see `scan_tx!`).
+    pub(super) async fn scan(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, MetaError> {
+        let sql = sql.to_owned();
+        scan_tx!(&self.db, |tx| async {
+            tx.query(&sql, &as_params(&params)).await
+        })
+    }
+
+    /// Commits a verified blob (its bytes are published) and links it into `repo`, a private repository or, with
+    /// `mirror`, a cached one.
+    async fn put_blob(
+        &self,
+        repo: &RepoName,
+        mirror: Option<&str>,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), MetaError> {
+        let (repo, mirror, digest) = (
+            repo.to_string(),
+            mirror.map(str::to_owned),
+            digest.to_string(),
+        );
+        write_tx!(&self.db, |tx| async {
+            tx.lock(&[Lock::Digest(&digest)]).await?;
+            let id = ensure_repo(tx, &repo, mirror.as_deref()).await?;
+            insert_blob(tx, &digest, size).await?;
+            link_blob(tx, id, &digest).await
+        })
+    }
+
+    async fn remove(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        how: &'static Removal,
+    ) -> Result<RemoveOutcome, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        write_tx!(&self.db, |tx| remove(tx, &repo, &digest, how))
+    }
+}
+
+fn as_params(values: &[Value]) -> Vec<Param<'_>> {
+    values.iter().map(Value::as_param).collect()
+}
+
+/// The first column of every row, as text.
+pub(super) fn texts(rows: Vec<Row>) -> Result<Vec<String>, MetaError> {
+    rows.iter().map(|r| r.text(0)).collect()
 }
 
 pub(super) async fn repo_id(tx: &mut Tx<'_>, repo: &str) -> Result<Option<i64>, MetaError> {
@@ -205,34 +284,9 @@ pub(super) fn to_record(r: &Row) -> Result<ManifestRecord, MetaError> {
     })
 }
 
-pub(super) async fn records(
-    tx: &mut Tx<'_>,
-    sql: &str,
-    params: &[Param<'_>],
-) -> Result<Vec<ManifestRecord>, MetaError> {
-    tx.query(sql, params).await?.iter().map(to_record).collect()
-}
-
-async fn record(
-    tx: &mut Tx<'_>,
-    sql: &str,
-    params: &[Param<'_>],
-) -> Result<Option<ManifestRecord>, MetaError> {
-    tx.opt(sql, params)
-        .await?
-        .as_ref()
-        .map(to_record)
-        .transpose()
-}
-
 /// A size from an optional row's first column.
 fn size_of(row: Option<Row>) -> Result<Option<u64>, MetaError> {
     row.map(|r| r.size(0)).transpose()
-}
-
-/// A page's limit: all rows when `n` is not given.
-fn limit(page: &Page) -> Param<'static> {
-    page.n.unwrap_or(usize::MAX).into()
 }
 
 async fn put_manifest(
@@ -360,28 +414,32 @@ async fn mount_blob(
     Ok(Some(size))
 }
 
-/// Removes a blob link, or a manifest with its tags and references, unless something in the repository still
-/// references it (`referrer`: the query naming the first such manifest).
+/// How to remove a blob link or a manifest (`$1` the repository id, `$2` the digest): whether it is there, the
+/// first manifest in the repository that still references it, and what to delete.
+struct Removal {
+    present: &'static str,
+    referrer: &'static str,
+    deletes: &'static [&'static str],
+}
+
 async fn remove(
     tx: &mut Tx<'_>,
     repo: &str,
     digest: &str,
-    present: &str,
-    referrer: &str,
-    deletes: &[&str],
+    how: &Removal,
 ) -> Result<RemoveOutcome, MetaError> {
     tx.lock(&[Lock::Digest(digest)]).await?;
     let Some(id) = repo_id(tx, repo).await? else {
         return Ok(RemoveOutcome::NotFound);
     };
     let p = [id.into(), digest.into()];
-    if !tx.exists(present, &p).await? {
+    if !tx.exists(how.present, &p).await? {
         return Ok(RemoveOutcome::NotFound);
     }
-    if let Some(r) = tx.opt(referrer, &p).await? {
+    if let Some(r) = tx.opt(how.referrer, &p).await? {
         return Ok(RemoveOutcome::ReferencedBy(r.digest(0)?));
     }
-    for sql in deletes {
+    for sql in how.deletes {
         tx.exec(sql, &p).await?;
     }
     Ok(RemoveOutcome::Removed)
@@ -510,6 +568,39 @@ const MIRROR_ONLY: &str = "EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r 
     AND NOT EXISTS (SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
                     WHERE rb.digest = b.digest AND r.kind = 'private')";
 
+/// A blob link's removal: refused while a manifest in the repository uses the blob.
+const UNLINK: Removal = Removal {
+    present: "SELECT 1 FROM repo_blob WHERE repo = $1 AND digest = $2",
+    referrer: "SELECT manifest FROM manifest_ref WHERE repo = $1 AND child = $2 AND kind IN ('config', 'layer') LIMIT 1",
+    deletes: &["DELETE FROM repo_blob WHERE repo = $1 AND digest = $2"],
+};
+
+/// A manifest's removal with its tags and references: refused while an index in the repository lists it.
+const DELETE_MANIFEST: Removal = Removal {
+    present: "SELECT 1 FROM manifest WHERE repo = $1 AND digest = $2",
+    referrer: "SELECT manifest FROM manifest_ref
+               WHERE repo = $1 AND child = $2 AND kind = 'child' AND manifest != $2 LIMIT 1",
+    deletes: &[
+        "DELETE FROM tag WHERE repo = $1 AND manifest = $2",
+        "DELETE FROM manifest_ref WHERE repo = $1 AND manifest = $2",
+        "DELETE FROM manifest WHERE repo = $1 AND digest = $2",
+    ],
+};
+
+/// A repository's manifest by digest (`$1`, `$2`), or by tag with the tag's time as column 6.
+fn manifest_sql(by_tag: bool) -> String {
+    match by_tag {
+        false => format!(
+            "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
+             WHERE r.name = $1 AND m.digest = $2"
+        ),
+        true => format!(
+            "SELECT {MANIFEST_COLUMNS}, t.updated_at FROM tag t JOIN repository r ON r.id = t.repo
+             JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest WHERE r.name = $1 AND t.name = $2"
+        ),
+    }
+}
+
 #[async_trait::async_trait]
 impl MetadataStore for SqlStore {
     async fn commit_blob(
@@ -518,27 +609,17 @@ impl MetadataStore for SqlStore {
         digest: &Digest,
         size: u64,
     ) -> Result<(), MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        write_tx!(&self.db, |tx| async {
-            tx.lock(&[Lock::Digest(&digest)]).await?;
-            let id = ensure_repo(tx, &repo, None).await?;
-            insert_blob(tx, &digest, size).await?;
-            link_blob(tx, id, &digest).await
-        })
+        self.put_blob(repo, None, digest, size).await
     }
 
     async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        read_tx!(&self.db, |tx| async {
-            size_of(
-                tx.opt(
-                    "SELECT b.size FROM repo_blob rb JOIN repository r ON r.id = rb.repo
-                     JOIN blob b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2",
-                    &[(&repo).into(), (&digest).into()],
-                )
-                .await?,
-            )
-        })
+        let sql = "SELECT b.size FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                   JOIN blob b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2";
+        size_of(
+            self.read(sql, vals![repo.as_str(), &digest.to_string()])
+                .await?
+                .pop(),
+        )
     }
 
     async fn mount_blob(
@@ -565,15 +646,7 @@ impl MetadataStore for SqlStore {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<RemoveOutcome, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        write_tx!(&self.db, |tx| remove(
-            tx,
-            &repo,
-            &digest,
-            "SELECT 1 FROM repo_blob WHERE repo = $1 AND digest = $2",
-            "SELECT manifest FROM manifest_ref WHERE repo = $1 AND child = $2 AND kind IN ('config', 'layer') LIMIT 1",
-            &["DELETE FROM repo_blob WHERE repo = $1 AND digest = $2"],
-        ))
+        self.remove(repo, digest, &UNLINK).await
     }
 
     async fn put_manifest(
@@ -588,16 +661,13 @@ impl MetadataStore for SqlStore {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        let sql = format!(
-            "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
-             WHERE r.name = $1 AND m.digest = $2"
-        );
-        read_tx!(&self.db, |tx| record(
-            tx,
-            &sql,
-            &[(&repo).into(), (&digest).into()]
-        ))
+        let rows = self
+            .read(
+                &manifest_sql(false),
+                vals![repo.as_str(), &digest.to_string()],
+            )
+            .await?;
+        rows.first().map(to_record).transpose()
     }
 
     async fn tagged_manifest(
@@ -605,16 +675,7 @@ impl MetadataStore for SqlStore {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<ManifestRecord>, MetaError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        let sql = format!(
-            "SELECT {MANIFEST_COLUMNS} FROM tag t JOIN repository r ON r.id = t.repo
-             JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest WHERE r.name = $1 AND t.name = $2"
-        );
-        read_tx!(&self.db, |tx| record(
-            tx,
-            &sql,
-            &[(&repo).into(), (&tag).into()]
-        ))
+        Ok(self.cached_tag(repo, tag).await?.map(|(m, _)| m))
     }
 
     async fn delete_manifest(
@@ -622,34 +683,12 @@ impl MetadataStore for SqlStore {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<RemoveOutcome, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        write_tx!(&self.db, |tx| remove(
-            tx,
-            &repo,
-            &digest,
-            "SELECT 1 FROM manifest WHERE repo = $1 AND digest = $2",
-            "SELECT manifest FROM manifest_ref
-             WHERE repo = $1 AND child = $2 AND kind = 'child' AND manifest != $2 LIMIT 1",
-            &[
-                "DELETE FROM tag WHERE repo = $1 AND manifest = $2",
-                "DELETE FROM manifest_ref WHERE repo = $1 AND manifest = $2",
-                "DELETE FROM manifest WHERE repo = $1 AND digest = $2",
-            ],
-        ))
+        self.remove(repo, digest, &DELETE_MANIFEST).await
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        write_tx!(&self.db, |tx| async {
-            tx.lock(&[Lock::Tag(&repo, &tag)]).await?;
-            let n = tx
-                .exec(
-                    "DELETE FROM tag WHERE repo = (SELECT id FROM repository WHERE name = $1) AND name = $2",
-                    &[(&repo).into(), (&tag).into()],
-                )
-                .await?;
-            Ok(n > 0)
-        })
+        let sql = "DELETE FROM tag WHERE repo = (SELECT id FROM repository WHERE name = $1) AND name = $2";
+        Ok(self.exec(sql, vals![repo.as_str(), tag.as_str()]).await? > 0)
     }
 
     async fn list_tags(
@@ -662,14 +701,12 @@ impl MetadataStore for SqlStore {
     }
 
     async fn list_repositories(&self, page: &Page) -> Result<Vec<String>, MetaError> {
-        let page = page.clone();
-        read_tx!(&self.db, |tx| tx.texts(
-            "SELECT name FROM repository WHERE name > $1 ORDER BY name LIMIT $2",
-            &[
-                page.last.as_deref().unwrap_or_default().into(),
-                limit(&page)
-            ],
-        ))
+        let sql = "SELECT name FROM repository WHERE name > $1 ORDER BY name LIMIT $2";
+        let last = page.last.as_deref().unwrap_or_default();
+        texts(
+            self.read(sql, vals![last, page.n.unwrap_or(usize::MAX)])
+                .await?,
+        )
     }
 
     async fn referrers(
@@ -678,21 +715,18 @@ impl MetadataStore for SqlStore {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<ManifestRecord>, MetaError> {
-        let (repo, subject, at) = (
-            repo.to_string(),
-            subject.to_string(),
-            artifact_type.map(str::to_owned),
-        );
         let sql = format!(
             "SELECT {MANIFEST_COLUMNS} FROM manifest m JOIN repository r ON r.id = m.repo
              WHERE r.name = $1 AND m.subject = $2 AND (CAST($3 AS TEXT) IS NULL OR m.artifact_type = $3)
              ORDER BY m.digest"
         );
-        read_tx!(&self.db, |tx| records(
-            tx,
-            &sql,
-            &[(&repo).into(), (&subject).into(), at.as_ref().into()]
-        ))
+        let rows = self
+            .read(
+                &sql,
+                vals![repo.as_str(), &subject.to_string(), artifact_type],
+            )
+            .await?;
+        rows.iter().map(to_record).collect()
     }
 
     async fn cache_manifest(
@@ -728,27 +762,19 @@ impl MetadataStore for SqlStore {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<(ManifestRecord, i64)>, MetaError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        let sql = format!(
-            "SELECT {MANIFEST_COLUMNS}, t.updated_at FROM tag t JOIN repository r ON r.id = t.repo
-             JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest WHERE r.name = $1 AND t.name = $2"
-        );
-        read_tx!(&self.db, |tx| async {
-            let row = tx.opt(&sql, &[(&repo).into(), (&tag).into()]).await?;
-            row.map(|r| Ok((to_record(&r)?, r.int(6)?))).transpose()
-        })
+        let rows = self
+            .read(&manifest_sql(true), vals![repo.as_str(), tag.as_str()])
+            .await?;
+        rows.first()
+            .map(|r| Ok((to_record(r)?, r.int(6)?)))
+            .transpose()
     }
 
     async fn touch_tag(&self, repo: &RepoName, tag: &Tag) -> Result<(), MetaError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        write_tx!(&self.db, |tx| async {
-            tx.exec(
-                "UPDATE tag SET updated_at = $3 WHERE repo = (SELECT id FROM repository WHERE name = $1) AND name = $2",
-                &[(&repo).into(), (&tag).into(), now().into()],
-            )
-            .await?;
-            Ok(())
-        })
+        let sql = "UPDATE tag SET updated_at = $3 WHERE repo = (SELECT id FROM repository WHERE name = $1) AND name = $2";
+        self.exec(sql, vals![repo.as_str(), tag.as_str(), now()])
+            .await
+            .map(drop)
     }
 
     async fn cache_blob(
@@ -758,13 +784,7 @@ impl MetadataStore for SqlStore {
         digest: &Digest,
         size: u64,
     ) -> Result<(), MetaError> {
-        let (repo, mirror, digest) = (repo.to_string(), mirror.to_owned(), digest.to_string());
-        write_tx!(&self.db, |tx| async {
-            tx.lock(&[Lock::Digest(&digest)]).await?;
-            let id = ensure_repo(tx, &repo, Some(&mirror)).await?;
-            insert_blob(tx, &digest, size).await?;
-            link_blob(tx, id, &digest).await
-        })
+        self.put_blob(repo, Some(mirror), digest, size).await
     }
 
     async fn link_mirror_blob(
@@ -776,15 +796,11 @@ impl MetadataStore for SqlStore {
         let (repo, mirror, digest) = (repo.to_string(), mirror.to_owned(), digest.to_string());
         write_tx!(&self.db, |tx| async {
             tx.lock(&[Lock::Digest(&digest)]).await?;
-            let row = tx
-                .opt(
-                    "SELECT b.size FROM blob b WHERE b.digest = $2 AND EXISTS (
-                         SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
-                         WHERE rb.digest = b.digest AND r.kind = 'mirror' AND r.mirror = $1)",
-                    &[(&mirror).into(), (&digest).into()],
-                )
-                .await?;
-            let Some(size) = size_of(row)? else {
+            let sql = "SELECT b.size FROM blob b WHERE b.digest = $2 AND EXISTS (
+                           SELECT 1 FROM repo_blob rb JOIN repository r ON r.id = rb.repo
+                           WHERE rb.digest = b.digest AND r.kind = 'mirror' AND r.mirror = $1)";
+            let Some(size) = size_of(tx.opt(sql, &[(&mirror).into(), (&digest).into()]).await?)?
+            else {
                 return Ok(None);
             };
             let id = ensure_repo(tx, &repo, Some(&mirror)).await?;
@@ -794,45 +810,32 @@ impl MetadataStore for SqlStore {
     }
 
     async fn touch_blobs(&self, digests: Vec<Digest>) -> Result<(), MetaError> {
-        if digests.is_empty() {
-            return Ok(());
-        }
         // Sorted: concurrent touches update the rows in the same order.
         let mut digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
         digests.sort();
         digests.dedup();
-        write_tx!(&self.db, |tx| async {
-            let t = now();
-            for d in &digests {
-                tx.exec(
-                    "UPDATE blob SET last_access = $1 WHERE digest = $2",
-                    &[t.into(), d.into()],
-                )
-                .await?;
-            }
-            Ok(())
-        })
+        let sql = "UPDATE blob SET last_access = $1 WHERE digest = $2";
+        self.exec_each(sql, digests.iter().map(|d| vals![now(), d]).collect())
+            .await
+            .map(drop)
     }
 
     async fn mirror_cache_size(&self, mirror: &str) -> Result<u64, MetaError> {
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blob b WHERE {MIRROR_ONLY}"
         );
-        let mirror = mirror.to_owned();
-        read_tx!(&self.db, |tx| async {
-            tx.one(&sql, &[(&mirror).into()]).await?.size(0)
-        })
+        Ok(size_of(self.read(&sql, vals![mirror]).await?.pop())?.unwrap_or(0))
     }
 
     async fn mirror_lru(&self, mirror: &str, limit: usize) -> Result<Vec<Digest>, MetaError> {
         let sql = format!(
             "SELECT b.digest FROM blob b WHERE {MIRROR_ONLY} ORDER BY b.last_access, b.digest LIMIT $2"
         );
-        let mirror = mirror.to_owned();
-        read_tx!(&self.db, |tx| async {
-            let rows = tx.query(&sql, &[(&mirror).into(), limit.into()]).await?;
-            rows.iter().map(|r| r.digest(0)).collect()
-        })
+        self.read(&sql, vals![mirror, limit])
+            .await?
+            .iter()
+            .map(|r| r.digest(0))
+            .collect()
     }
 
     async fn evict_mirror_blob(
@@ -845,11 +848,13 @@ impl MetadataStore for SqlStore {
     }
 
     async fn blob_exists(&self, digest: &Digest) -> Result<bool, MetaError> {
-        let digest = digest.to_string();
-        read_tx!(&self.db, |tx| tx.exists(
-            "SELECT 1 FROM blob WHERE digest = $1",
-            &[(&digest).into()]
-        ))
+        let rows = self
+            .read(
+                "SELECT 1 FROM blob WHERE digest = $1",
+                vals![&digest.to_string()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     async fn record_pulls(&self, pulls: Vec<(RepoName, Digest)>, at: i64) -> Result<(), MetaError> {
@@ -858,90 +863,65 @@ impl MetadataStore for SqlStore {
             .map(|(r, d)| (r.to_string(), d.to_string()))
             .collect();
         pulls.sort();
-        write_tx!(&self.db, |tx| async {
-            for (repo, digest) in &pulls {
-                tx.exec(
-                    "UPDATE manifest SET last_pulled = $3
-                     WHERE repo = (SELECT id FROM repository WHERE name = $1) AND digest = $2",
-                    &[repo.into(), digest.into(), at.into()],
-                )
-                .await?;
-            }
-            Ok(())
-        })
+        let sql = "UPDATE manifest SET last_pulled = $3
+                   WHERE repo = (SELECT id FROM repository WHERE name = $1) AND digest = $2";
+        self.exec_each(sql, pulls.iter().map(|(r, d)| vals![r, d, at]).collect())
+            .await
+            .map(drop)
     }
 
     async fn touch_link(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError> {
-        let (repo, digest, t) = (repo.to_string(), digest.to_string(), now());
+        let p = vals![repo.as_str(), &digest.to_string(), now()];
         // Read first: a link confirmed within the last second needs no write, so repeated HEADs stay cheap. The
         // update's own condition makes a racing GC deletion and this renewal exclude each other.
-        let (r, d) = (repo.clone(), digest.clone());
-        let fresh = read_tx!(&self.db, |tx| tx.exists(
+        let fresh =
             "SELECT 1 FROM repo_blob WHERE repo = (SELECT id FROM repository WHERE name = $1)
-             AND digest = $2 AND created_at >= $3",
-            &[(&r).into(), (&d).into(), t.into()],
-        ))?;
-        if fresh {
+                     AND digest = $2 AND created_at >= $3";
+        if !self.read(fresh, p.clone()).await?.is_empty() {
             return Ok(());
         }
-        write_tx!(&self.db, |tx| async {
-            tx.exec(
-                "UPDATE repo_blob SET created_at = $3
-                 WHERE repo = (SELECT id FROM repository WHERE name = $1) AND digest = $2 AND created_at < $3",
-                &[(&repo).into(), (&digest).into(), t.into()],
-            )
-            .await?;
-            Ok(())
-        })
+        let sql = "UPDATE repo_blob SET created_at = $3
+                   WHERE repo = (SELECT id FROM repository WHERE name = $1) AND digest = $2 AND created_at < $3";
+        self.exec(sql, p).await.map(drop)
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
-        let u = u.clone();
-        write_tx!(&self.db, |tx| async {
-            // Shared sessions start with a committed length, the authority replicas check their state against.
-            let committed = tx.shared().then_some(0i64);
-            tx.exec(
-                "INSERT INTO upload (id, repo, algorithm, started_at, committed) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    (&u.id).into(),
-                    u.repo.as_str().into(),
-                    u.algorithm.as_str().into(),
-                    u.started_at.into(),
-                    committed.into(),
-                ],
-            )
-            .await?;
-            Ok(())
-        })
+        // Shared sessions start with a committed length, the authority replicas check their state against.
+        let committed = self.shared().then_some(0i64);
+        let sql = "INSERT INTO upload (id, repo, algorithm, started_at, committed) VALUES ($1, $2, $3, $4, $5)";
+        let p = vals![
+            &u.id,
+            u.repo.as_str(),
+            u.algorithm.as_str(),
+            u.started_at,
+            committed
+        ];
+        self.exec(sql, p).await.map(drop)
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError> {
-        let id = id.to_owned();
-        read_tx!(&self.db, |tx| async {
-            let row = tx
-                .opt(
-                    "SELECT id, repo, algorithm, started_at, committed FROM upload WHERE id = $1",
-                    &[(&id).into()],
-                )
-                .await?;
-            row.as_ref().map(to_upload).transpose()
-        })
+        let sql = "SELECT id, repo, algorithm, started_at, committed FROM upload WHERE id = $1";
+        self.read(sql, vals![id])
+            .await?
+            .first()
+            .map(to_upload)
+            .transpose()
     }
 
     async fn delete_upload(&self, id: &str) -> Result<(), MetaError> {
-        let id = id.to_owned();
-        write_tx!(&self.db, |tx| async {
-            tx.exec("DELETE FROM upload WHERE id = $1", &[(&id).into()])
-                .await?;
-            Ok(())
-        })
+        self.exec("DELETE FROM upload WHERE id = $1", vals![id])
+            .await
+            .map(drop)
     }
 
     async fn expired_uploads(&self, started_before: i64) -> Result<Vec<String>, MetaError> {
-        read_tx!(&self.db, |tx| tx.texts(
-            "SELECT id FROM upload WHERE started_at < $1",
-            &[started_before.into()]
-        ))
+        texts(
+            self.read(
+                "SELECT id FROM upload WHERE started_at < $1",
+                vals![started_before],
+            )
+            .await?,
+        )
     }
 }
 
@@ -953,7 +933,7 @@ impl Coordination for SqlStore {
         offset: u64,
         writer: &str,
         stale_prefix: &str,
-        ttl: std::time::Duration,
+        ttl: Duration,
     ) -> Result<bool, MetaError> {
         match &self.db {
             Db::Sqlite(_) => Ok(true),
@@ -965,7 +945,7 @@ impl Coordination for SqlStore {
         &self,
         id: &str,
         writer: &str,
-        ttl: std::time::Duration,
+        ttl: Duration,
     ) -> Result<bool, MetaError> {
         match &self.db {
             Db::Sqlite(_) => Ok(true),

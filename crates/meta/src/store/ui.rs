@@ -5,9 +5,9 @@
 //! Name search lowers both sides: names are ASCII (the OCI grammar), so PostgreSQL's `lower` under the columns'
 //! "C" collation matches SQLite's ASCII-only `lower`.
 
-use super::{SqlStore, repo_id};
+use super::{SqlStore, repo_id, texts};
 use crate::MetaError;
-use crate::sql::{Dialect, read_tx, scan_tx};
+use crate::sql::{Dialect, scan_tx, vals};
 use crate::ui::{RepoRow, TagRow, UiStore};
 use berth_oci::{Digest, RepoName};
 
@@ -107,23 +107,19 @@ impl UiStore for SqlStore {
     }
 
     async fn tag_count(&self, repo: &RepoName) -> Result<u64, MetaError> {
-        let repo = repo.to_string();
-        read_tx!(self.db(), |tx| async {
-            tx.one(
-                "SELECT COUNT(*) FROM tag t JOIN repository r ON r.id = t.repo WHERE r.name = $1",
-                &[(&repo).into()],
-            )
+        let sql = "SELECT COUNT(*) FROM tag t JOIN repository r ON r.id = t.repo WHERE r.name = $1";
+        self.read(sql, vals![repo.as_str()])
             .await?
-            .size(0)
-        })
+            .first()
+            .map_or(Ok(0), |r| r.size(0))
     }
 
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        read_tx!(self.db(), |tx| tx.texts(
-            "SELECT t.name FROM tag t JOIN repository r ON r.id = t.repo
-             WHERE r.name = $1 AND t.manifest = $2 ORDER BY t.name LIMIT 100",
-            &[(&repo).into(), (&digest).into()]
-        ))
+        let sql = "SELECT t.name FROM tag t JOIN repository r ON r.id = t.repo
+                   WHERE r.name = $1 AND t.manifest = $2 ORDER BY t.name LIMIT 100";
+        texts(
+            self.read(sql, vals![repo.as_str(), &digest.to_string()])
+                .await?,
+        )
     }
 }
