@@ -399,47 +399,4 @@ mod tests {
         // tag_version is a cache stamp the tag triggers rebuild (module comment).
         assert_eq!(not_copied, ["tag_version"]);
     }
-
-    #[tokio::test]
-    async fn sqlite_to_sqlite_copies_every_row_and_compares_equal() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (open(dir.path(), "a.db"), open(dir.path(), "b.db"));
-        let conn = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
-        conn.execute_batch(
-            "INSERT INTO repository (id, name, created_at) VALUES (7, 'team/app', 1);
-             INSERT INTO blob VALUES ('sha256:aa', 3, 1, 2);
-             INSERT INTO repo_blob VALUES (7, 'sha256:aa', 1);
-             INSERT INTO manifest VALUES (7, 'sha256:aa', 'm', NULL, NULL, 3, NULL, 1, 99);
-             INSERT INTO tag VALUES (7, 'v1', 'sha256:aa', 5);
-             INSERT INTO maint_run VALUES (3, 'gc', 1, 2, 'ok', 1, '{}');
-             INSERT INTO auth_user VALUES ('alice', 'hash', 1, 1);
-             INSERT INTO auth_token VALUES ('t1', 'alice', 'ci', 'h', 'team/*:pull', 1, NULL, 4);",
-        )
-        .unwrap();
-        assert!(first_difference(&a, &b).await.unwrap().is_some());
-        replace_all(&b, stream_all(&a, |_, _| {})).await.unwrap();
-        assert_eq!(counts(&a).await.unwrap(), counts(&b).await.unwrap());
-        assert_eq!(first_difference(&a, &b).await.unwrap(), None);
-        // Loading again replaces rather than duplicates.
-        replace_all(&b, stream_all(&a, |_, _| {})).await.unwrap();
-        assert_eq!(first_difference(&a, &b).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn a_load_that_stops_before_its_end_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path(), "b.db");
-        let (tx, rx) = mpsc::channel(4);
-        let repo = vec![
-            Value::Int(1),
-            Value::Text("team/app".into()),
-            Value::Text("private".into()),
-            Value::Null,
-            Value::Int(1),
-        ];
-        tx.send(Ok(Load::Rows(0, vec![repo]))).await.unwrap();
-        drop(tx);
-        assert!(replace_all(&db, rx).await.is_err());
-        assert!(counts(&db).await.unwrap().iter().all(|n| *n == 0));
-    }
 }

@@ -13,7 +13,7 @@
 //! deadlock or serialization failure that happens anyway is retried ([`retry`]).
 //!
 //! Also here: what only replicas need (the coordination of `meta::Coordination`): session-level locks on their
-//! own connections (the registry's digest lock, maintenance leases, mirror download leases) and upload claims.
+//! own connections (the registry's digest lock, maintenance leases, mirror download leases).
 
 use std::time::Duration;
 
@@ -430,69 +430,6 @@ impl PgDb {
             }
             None => FetchLease::HeldElsewhere,
         })
-    }
-
-    // Upload claims are rows, not session locks: a chunk can take minutes to arrive, and holding a connection for
-    // each upload in flight would tie the number of concurrent pushes to the pool. Times are the database's clock,
-    // so replicas with skewed clocks agree on expiry.
-
-    async fn changed_one(&self, sql: &str, p: &[Param<'_>]) -> Result<bool, MetaError> {
-        super::check_params(p)?;
-        let c = self.conn().await?;
-        Ok(PgConn::Client(&c).execute(sql, p).await? == 1)
-    }
-
-    pub async fn claim_upload(
-        &self,
-        id: &str,
-        offset: u64,
-        writer: &str,
-        stale_prefix: &str,
-        ttl: Duration,
-    ) -> Result<bool, MetaError> {
-        self.changed_one(
-            "UPDATE upload SET writer = $3,
-                 writer_until = extract(epoch FROM clock_timestamp())::BIGINT + $4
-             WHERE id = $1 AND committed = $2
-               AND (writer IS NULL OR writer_until < extract(epoch FROM clock_timestamp())::BIGINT
-                    OR starts_with(writer, $5))",
-            &[
-                id.into(),
-                offset.into(),
-                writer.into(),
-                ttl.as_secs().into(),
-                stale_prefix.into(),
-            ],
-        )
-        .await
-    }
-
-    pub async fn renew_upload_claim(
-        &self,
-        id: &str,
-        writer: &str,
-        ttl: Duration,
-    ) -> Result<bool, MetaError> {
-        self.changed_one(
-            "UPDATE upload SET writer_until = extract(epoch FROM clock_timestamp())::BIGINT + $3
-             WHERE id = $1 AND writer = $2",
-            &[id.into(), writer.into(), ttl.as_secs().into()],
-        )
-        .await
-    }
-
-    pub async fn release_upload(
-        &self,
-        id: &str,
-        writer: &str,
-        offset: u64,
-    ) -> Result<bool, MetaError> {
-        self.changed_one(
-            "UPDATE upload SET committed = $3, writer = NULL, writer_until = NULL
-             WHERE id = $1 AND writer = $2",
-            &[id.into(), writer.into(), offset.into()],
-        )
-        .await
     }
 }
 

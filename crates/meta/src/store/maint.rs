@@ -258,31 +258,20 @@ async fn stats(tx: &mut Tx<'_>) -> Result<StoreStats, MetaError> {
     ] {
         counts.push(tx.one(sql, &[]).await?.size(0)?);
     }
-    let [
-        private_repositories,
-        mirror_repositories,
-        manifests,
-        tags,
-        blobs,
-        blob_bytes,
-        private_bytes,
-        upload_sessions,
-        pending_byte_deletions,
-    ] = counts[..]
-    else {
-        return Err(MetaError::Corrupt("statistics query count".into()));
-    };
+    let c: [u64; 9] = counts
+        .try_into()
+        .map_err(|_| MetaError::Corrupt("statistics query count".into()))?;
     Ok(StoreStats {
-        private_repositories,
-        mirror_repositories,
-        manifests,
-        tags,
-        blobs,
-        blob_bytes,
-        private_bytes,
-        mirror_bytes: blob_bytes.saturating_sub(private_bytes),
-        upload_sessions,
-        pending_byte_deletions,
+        private_repositories: c[0],
+        mirror_repositories: c[1],
+        manifests: c[2],
+        tags: c[3],
+        blobs: c[4],
+        blob_bytes: c[5],
+        private_bytes: c[6],
+        mirror_bytes: c[5].saturating_sub(c[6]),
+        upload_sessions: c[7],
+        pending_byte_deletions: c[8],
     })
 }
 

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use super::sql::postgres::{PgDb, PgSettings};
 use super::sql::sqlite::{SqliteDb, Synchronous};
-use super::sql::{Db, Lock, Param, Row, Tx, Value, read_tx, scan_tx, vals, write_tx};
+use super::sql::{Db, Dialect, Lock, Param, Row, Tx, Value, read_tx, scan_tx, vals, write_tx};
 use super::{
     Coordination, Eviction, FetchLease, ManifestRecord, ManifestRejection, MetaError,
     MetadataStore, NewManifest, Page, RefKind, RemoveOutcome, StoreLock, UploadRecord, now,
@@ -71,6 +71,13 @@ impl SqlStore {
 
     pub(super) fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub(super) fn dialect(&self) -> Dialect {
+        match self.db {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     /// One statement in a write transaction of its own; the rows it changed.
@@ -925,6 +932,11 @@ impl MetadataStore for SqlStore {
     }
 }
 
+// Upload claims are rows, not session locks: a chunk can take minutes to arrive, and holding a connection for each
+// upload in flight would tie the number of concurrent pushes to the pool. Times are the database's clock, so
+// replicas with skewed clocks agree on expiry. A single server owns its sessions: every claim is granted there.
+const NOW: &str = "extract(epoch FROM clock_timestamp())::BIGINT";
+
 #[async_trait::async_trait]
 impl Coordination for SqlStore {
     async fn claim_upload(
@@ -932,13 +944,15 @@ impl Coordination for SqlStore {
         id: &str,
         offset: u64,
         writer: &str,
-        stale_prefix: &str,
+        stale: &str,
         ttl: Duration,
     ) -> Result<bool, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(true),
-            Db::Postgres(db) => db.claim_upload(id, offset, writer, stale_prefix, ttl).await,
-        }
+        let sql = format!(
+            "UPDATE upload SET writer = $3, writer_until = {NOW} + $4 WHERE id = $1 AND committed = $2
+               AND (writer IS NULL OR writer_until < {NOW} OR starts_with(writer, $5))"
+        );
+        let p = vals![id, offset, writer, ttl.as_secs(), stale];
+        Ok(!self.shared() || self.exec(&sql, p).await? == 1)
     }
 
     async fn renew_upload_claim(
@@ -947,17 +961,14 @@ impl Coordination for SqlStore {
         writer: &str,
         ttl: Duration,
     ) -> Result<bool, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(true),
-            Db::Postgres(db) => db.renew_upload_claim(id, writer, ttl).await,
-        }
+        let sql =
+            format!("UPDATE upload SET writer_until = {NOW} + $3 WHERE id = $1 AND writer = $2");
+        Ok(!self.shared() || self.exec(&sql, vals![id, writer, ttl.as_secs()]).await? == 1)
     }
 
     async fn release_upload(&self, id: &str, writer: &str, offset: u64) -> Result<bool, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(true),
-            Db::Postgres(db) => db.release_upload(id, writer, offset).await,
-        }
+        let sql = "UPDATE upload SET committed = $3, writer = NULL, writer_until = NULL WHERE id = $1 AND writer = $2";
+        Ok(!self.shared() || self.exec(sql, vals![id, writer, offset]).await? == 1)
     }
 
     async fn lock_digest(&self, digest: &Digest) -> Result<Option<StoreLock>, MetaError> {

@@ -5,9 +5,9 @@
 //! Name search lowers both sides: names are ASCII (the OCI grammar), so PostgreSQL's `lower` under the columns'
 //! "C" collation matches SQLite's ASCII-only `lower`.
 
-use super::{SqlStore, repo_id, texts};
+use super::{SqlStore, texts};
 use crate::MetaError;
-use crate::sql::{Dialect, scan_tx, vals};
+use crate::sql::{Dialect, Row, vals};
 use crate::ui::{RepoRow, TagRow, UiStore};
 use berth_oci::{Digest, RepoName};
 
@@ -30,7 +30,7 @@ fn tag_page_sql(d: Dialect) -> String {
                     JOIN manifest c ON c.repo = y.repo AND c.digest = y.child
                     WHERE y.repo = t.repo AND y.manifest = t.manifest AND y.kind = 'child') AS BIGINT)
          FROM tag t JOIN manifest m ON m.repo = t.repo AND m.digest = t.manifest
-         WHERE t.repo = $1 AND t.name > $2 AND (CAST($3 AS TEXT) IS NULL OR {})
+         WHERE t.repo = (SELECT id FROM repository WHERE name = $1) AND t.name > $2 AND (CAST($3 AS TEXT) IS NULL OR {})
          ORDER BY t.name LIMIT $4",
         d.contains("t.name", "$3")
     )
@@ -44,30 +44,26 @@ impl UiStore for SqlStore {
         search: Option<String>,
         n: usize,
     ) -> Result<Vec<RepoRow>, MetaError> {
-        scan_tx!(self.db(), |tx| async {
-            let sql = format!(
-                "SELECT r.name, CASE r.kind WHEN 'mirror' THEN r.mirror END,
-                        (SELECT COUNT(*) FROM tag t WHERE t.repo = r.id)
-                 FROM repository r WHERE r.name > $1 AND (CAST($2 AS TEXT) IS NULL OR {})
-                 ORDER BY r.name LIMIT $3",
-                tx.dialect().contains("r.name", "$2")
-            );
-            let p = [
-                after.as_deref().unwrap_or_default().into(),
-                search.as_ref().into(),
-                n.into(),
-            ];
-            let rows = tx.query(&sql, &p).await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(RepoRow {
-                        name: r.text(0)?,
-                        mirror: r.opt_text(1)?,
-                        tags: r.size(2)?,
-                    })
+        let sql = format!(
+            "SELECT r.name, CASE r.kind WHEN 'mirror' THEN r.mirror END, (SELECT COUNT(*) FROM tag t WHERE t.repo = r.id)
+             FROM repository r WHERE r.name > $1 AND (CAST($2 AS TEXT) IS NULL OR {}) ORDER BY r.name LIMIT $3",
+            self.dialect().contains("r.name", "$2")
+        );
+        let rows = self
+            .scan(
+                &sql,
+                vals![after.as_deref().unwrap_or_default(), search.as_deref(), n],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RepoRow {
+                    name: r.text(0)?,
+                    mirror: r.opt_text(1)?,
+                    tags: r.size(2)?,
                 })
-                .collect()
-        })
+            })
+            .collect()
     }
 
     async fn tag_page(
@@ -77,33 +73,36 @@ impl UiStore for SqlStore {
         search: Option<String>,
         n: usize,
     ) -> Result<Option<Vec<TagRow>>, MetaError> {
-        let repo = repo.to_string();
-        scan_tx!(self.db(), |tx| async {
-            let Some(id) = repo_id(tx, &repo).await? else {
-                return Ok(None);
-            };
-            let sql = tag_page_sql(tx.dialect());
-            let p = [
-                id.into(),
-                after.as_deref().unwrap_or_default().into(),
-                search.as_ref().into(),
-                n.into(),
-            ];
-            let rows = tx.query(&sql, &p).await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(TagRow {
-                        name: r.text(0)?,
-                        digest: r.digest(1)?,
-                        media_type: r.text(2)?,
-                        pushed_at: r.int(3)?,
-                        last_pulled: r.opt_int(4)?,
-                        size: r.size(5)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, MetaError>>()
-                .map(Some)
-        })
+        let exists = self
+            .read(
+                "SELECT 1 FROM repository WHERE name = $1",
+                vals![repo.as_str()],
+            )
+            .await?;
+        if exists.is_empty() {
+            return Ok(None);
+        }
+        let p = vals![
+            repo.as_str(),
+            after.as_deref().unwrap_or_default(),
+            search.as_deref(),
+            n
+        ];
+        let rows = self.scan(&tag_page_sql(self.dialect()), p).await?;
+        let row = |r: &Row| {
+            Ok(TagRow {
+                name: r.text(0)?,
+                digest: r.digest(1)?,
+                media_type: r.text(2)?,
+                pushed_at: r.int(3)?,
+                last_pulled: r.opt_int(4)?,
+                size: r.size(5)?,
+            })
+        };
+        rows.iter()
+            .map(row)
+            .collect::<Result<Vec<_>, MetaError>>()
+            .map(Some)
     }
 
     async fn tag_count(&self, repo: &RepoName) -> Result<u64, MetaError> {
