@@ -1115,6 +1115,13 @@ async fn a_whole_store_copies_into_another_and_compares_equal() {
     let (a, b) = (fixture(), fixture());
     let r = repo("team/app");
     push(&a.store, &r, "img", "v1").await;
+    // More rows than one page of the copy (500), in a table with a composite key.
+    for i in 0..510 {
+        a.store
+            .commit_blob(&r, &digest(&format!("page{i}")), i)
+            .await
+            .unwrap();
+    }
     a.store
         .cache_blob(&repo("docker.io/library/x"), "docker.io", &digest("c"), 4)
         .await

@@ -14,7 +14,8 @@
 
 use std::sync::{Arc, LazyLock};
 
-use futures_util::StreamExt;
+use futures_core::Stream;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use super::MetaError;
@@ -52,14 +53,6 @@ pub type Row = Vec<Value>;
 
 /// Rows read per page and per message on the copy channel.
 const BATCH: usize = 500;
-
-/// Messages of a table stream: a batch of rows, then the end (a stream that stops without it failed).
-pub enum Chunk {
-    Rows(Vec<Row>),
-    End,
-}
-
-pub type RowStream = mpsc::Receiver<Result<Chunk, MetaError>>;
 
 /// Messages of a whole-database load: rows of `TABLES[i]`, then `Commit` once every table was sent.
 pub enum Load {
@@ -139,56 +132,45 @@ pub async fn other_sessions(db: &SqlStore) -> Result<Option<u64>, MetaError> {
         .transpose()
 }
 
-/// Streams the rows of `TABLES[table]` in primary-key order, in batches, from a task of its own.
-pub fn read(db: &MetaDatabase, table: usize) -> RowStream {
-    let (tx, rx) = mpsc::channel(4);
-    let db = db.clone();
-    tokio::spawn(async move {
-        let t = &TABLES[table];
-        let key: Vec<usize> = t
-            .key
-            .iter()
-            .filter_map(|k| {
-                t.columns
-                    .iter()
-                    .filter(|c| c.copied)
-                    .position(|c| c.name == *k)
-            })
-            .collect();
-        let mut last: Option<Row> = None;
-        loop {
-            let sql = page_sql(t, last.is_some());
-            let after: Vec<Value> = last
-                .as_ref()
-                .map(|r| key.iter().filter_map(|i| r.get(*i).cloned()).collect())
-                .unwrap_or_default();
-            let page: Vec<Row> = match db.read(&sql, after).await {
-                Ok(rows) => rows.into_iter().map(|r| normalized(t, r)).collect(),
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let full = page.len() == BATCH;
-            last = page.last().cloned();
-            if !page.is_empty() && tx.send(Ok(Chunk::Rows(page))).await.is_err() {
-                return;
-            }
-            if !full {
-                let _ = tx.send(Ok(Chunk::End)).await;
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// [`read`] as a stream of rows.
-pub fn rows(
+/// The rows of `TABLES[table]` in primary-key order, a page at a time, each page read after the key of the last.
+pub fn pages(
     db: &MetaDatabase,
     table: usize,
-) -> impl futures_core::Stream<Item = Result<Row, MetaError>> + use<> {
-    rows_of(read(db, table))
+) -> impl Stream<Item = Result<Vec<Row>, MetaError>> + use<> {
+    let db = db.clone();
+    let t = &TABLES[table];
+    let key: Vec<usize> = t
+        .key
+        .iter()
+        .filter_map(|k| {
+            t.columns
+                .iter()
+                .filter(|c| c.copied)
+                .position(|c| c.name == *k)
+        })
+        .collect();
+    futures_util::stream::try_unfold(Some(Vec::new()), move |after: Option<Vec<Value>>| {
+        let (db, key) = (db.clone(), key.clone());
+        async move {
+            let Some(after) = after else { return Ok(None) };
+            let rows = db.read(&page_sql(t, !after.is_empty()), after).await?;
+            let page: Vec<Row> = rows.into_iter().map(|r| normalized(t, r)).collect();
+            let next = match (page.len() == BATCH, page.last()) {
+                (true, Some(last)) => {
+                    Some(key.iter().filter_map(|i| last.get(*i).cloned()).collect())
+                }
+                _ => None,
+            };
+            Ok((!page.is_empty()).then_some((page, next)))
+        }
+    })
+}
+
+/// [`pages`] as a stream of rows.
+pub fn rows(db: &MetaDatabase, table: usize) -> impl Stream<Item = Result<Row, MetaError>> + use<> {
+    pages(db, table)
+        .map_ok(|page| futures_util::stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
 }
 
 /// One multi-row `INSERT` of a batch (one round trip per batch, not per row).
@@ -254,7 +236,7 @@ pub async fn replace_all(
     })
 }
 
-/// Reads every table of `from` into one message stream for [`MetaDatabase::replace_all`], table after table,
+/// Reads every table of `from` into one message stream for [`replace_all`], table after table,
 /// ending with [`Load::Commit`]; `on_rows(table, n)` is told about each batch (progress).
 pub fn stream_all(
     from: &MetaDatabase,
@@ -263,22 +245,14 @@ pub fn stream_all(
     let (tx, rx) = mpsc::channel(4);
     let from = from.clone();
     tokio::spawn(async move {
-        for (table, t) in TABLES.iter().enumerate() {
-            let mut rows = read(&from, table);
-            loop {
-                let msg = match rows.recv().await {
-                    Some(Ok(Chunk::Rows(batch))) => {
-                        on_rows(table, batch.len());
-                        Ok(Load::Rows(table, batch))
-                    }
-                    Some(Ok(Chunk::End)) => break,
-                    Some(Err(e)) => Err(e),
-                    None => Err(MetaError::other(format!(
-                        "reading table {} stopped before its end",
-                        t.name
-                    ))),
-                };
-                let failed = msg.is_err();
+        for table in 0..TABLES.len() {
+            let mut pages = std::pin::pin!(pages(&from, table));
+            while let Some(page) = pages.next().await {
+                let failed = page.is_err();
+                let msg = page.map(|batch| {
+                    on_rows(table, batch.len());
+                    Load::Rows(table, batch)
+                });
                 if tx.send(msg).await.is_err() || failed {
                     return;
                 }
@@ -315,34 +289,6 @@ pub async fn first_difference(
         }
     }
     Ok(None)
-}
-
-/// A table stream as a stream of rows (errors, and an end without [`Chunk::End`], as errors).
-fn rows_of(rx: RowStream) -> impl futures_core::Stream<Item = Result<Row, MetaError>> {
-    futures_util::stream::unfold(
-        (rx, Vec::new().into_iter(), false),
-        |(mut rx, mut buf, done)| async move {
-            loop {
-                if let Some(row) = buf.next() {
-                    return Some((Ok(row), (rx, buf, done)));
-                }
-                if done {
-                    return None;
-                }
-                match rx.recv().await {
-                    Some(Ok(Chunk::Rows(batch))) => buf = batch.into_iter(),
-                    Some(Ok(Chunk::End)) => return None,
-                    Some(Err(e)) => return Some((Err(e), (rx, buf, true))),
-                    None => {
-                        return Some((
-                            Err(MetaError::other("a table read stopped before its end")),
-                            (rx, buf, true),
-                        ));
-                    }
-                }
-            }
-        },
-    )
 }
 
 #[cfg(test)]
