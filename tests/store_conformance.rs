@@ -407,7 +407,7 @@ async fn mirror_caches_link_only_cached_content_and_evict_consistently() {
     assert_eq!(s.mirror_cache_size("docker.io").await.unwrap(), 1000);
     assert_eq!(s.mirror_cache_size("ghcr.io").await.unwrap(), 0);
     let lru = s.mirror_lru("docker.io", usize::MAX).await.unwrap();
-    assert_eq!(lru, [layer.clone()]);
+    assert_eq!(lru, std::slice::from_ref(&layer));
     assert!(s.mirror_lru("docker.io", 0).await.unwrap().is_empty());
     // A blob a private repository also links is not the cache's to evict.
     s.commit_blob(&repo("team/app"), &layer, 1000)
@@ -461,7 +461,7 @@ async fn upload_sessions_and_their_owners_and_claims() {
     // Shared stores keep the committed length; a single server owns its sessions.
     assert_eq!(got.committed, s.shared().then_some(0));
     assert_eq!(s.upload("other").await.unwrap(), None);
-    assert_eq!(s.expired_uploads(101).await.unwrap(), [u.id.clone()]);
+    assert_eq!(s.expired_uploads(101).await.unwrap(), std::slice::from_ref(&u.id));
     assert!(s.expired_uploads(100).await.unwrap().is_empty());
     assert!(s.expired_uploads(i64::MIN).await.unwrap().is_empty());
     s.set_upload_owner(&u.id, "alice").await.unwrap();
@@ -593,7 +593,7 @@ async fn garbage_collection_deletes_only_what_is_still_garbage() {
         [(loose.to_string(), 7)]
     );
     assert!(s.has_tombstone(&loose).await.unwrap());
-    assert_eq!(s.tombstones(FUTURE).await.unwrap(), [loose.clone()]);
+    assert_eq!(s.tombstones(FUTURE).await.unwrap(), std::slice::from_ref(&loose));
     assert!(s.tombstones(i64::MIN).await.unwrap().is_empty());
     s.clear_tombstone(&loose).await.unwrap();
     assert!(!s.has_tombstone(&loose).await.unwrap());

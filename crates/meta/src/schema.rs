@@ -187,7 +187,7 @@ fn items(list: &'static str) -> impl Iterator<Item = &'static str> {
 }
 
 /// A column definition's name and type (`None` for a table constraint).
-fn column<'a>(def: &'a str) -> Option<(&'a str, Type)> {
+fn column(def: &str) -> Option<(&str, Type)> {
     let mut words = def.split_whitespace();
     let name = words.next()?;
     let ty = match words.next()? {
