@@ -461,7 +461,10 @@ async fn upload_sessions_and_their_owners_and_claims() {
     // Shared stores keep the committed length; a single server owns its sessions.
     assert_eq!(got.committed, s.shared().then_some(0));
     assert_eq!(s.upload("other").await.unwrap(), None);
-    assert_eq!(s.expired_uploads(101).await.unwrap(), std::slice::from_ref(&u.id));
+    assert_eq!(
+        s.expired_uploads(101).await.unwrap(),
+        std::slice::from_ref(&u.id)
+    );
     assert!(s.expired_uploads(100).await.unwrap().is_empty());
     assert!(s.expired_uploads(i64::MIN).await.unwrap().is_empty());
     s.set_upload_owner(&u.id, "alice").await.unwrap();
@@ -593,7 +596,10 @@ async fn garbage_collection_deletes_only_what_is_still_garbage() {
         [(loose.to_string(), 7)]
     );
     assert!(s.has_tombstone(&loose).await.unwrap());
-    assert_eq!(s.tombstones(FUTURE).await.unwrap(), std::slice::from_ref(&loose));
+    assert_eq!(
+        s.tombstones(FUTURE).await.unwrap(),
+        std::slice::from_ref(&loose)
+    );
     assert!(s.tombstones(i64::MIN).await.unwrap().is_empty());
     s.clear_tombstone(&loose).await.unwrap();
     assert!(!s.has_tombstone(&loose).await.unwrap());
