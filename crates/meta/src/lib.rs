@@ -79,12 +79,19 @@ pub enum RefKind {
 }
 
 impl RefKind {
+    const ALL: [RefKind; 3] = [RefKind::Config, RefKind::Layer, RefKind::Child];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefKind::Config => "config",
             RefKind::Layer => "layer",
             RefKind::Child => "child",
         }
+    }
+
+    /// The kind `as_str` wrote.
+    pub fn parse(s: &str) -> Option<RefKind> {
+        RefKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

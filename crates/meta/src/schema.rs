@@ -357,15 +357,14 @@ mod tests {
     }
 
     #[test]
-    fn both_backends_apply_every_migration_from_scratch() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        for (_, sql) in pending(Backend::Sqlite, 0).unwrap() {
-            conn.execute_batch(&sql).unwrap();
-        }
-        let pg = pending(Backend::Postgres, 0).unwrap();
-        assert_eq!(pg.len(), MIGRATIONS.len());
-        assert!(pg[0].1.contains("BIGSERIAL PRIMARY KEY"));
+    fn a_newer_database_is_refused() {
         assert!(pending(Backend::Sqlite, MIGRATIONS.len() as i64 + 1).is_err());
+        assert_eq!(
+            pending(Backend::Postgres, MIGRATIONS.len() as i64)
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -198,36 +198,32 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+
     /// The larger of two integers.
     pub fn greatest(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "MAX",
-            Dialect::Postgres => "GREATEST",
-        }
+        self.pick("MAX", "GREATEST")
     }
 
     /// An expression true when `needle` occurs in `haystack`, ignoring ASCII case.
     pub fn contains(self, haystack: &str, needle: &str) -> String {
-        match self {
-            Dialect::Sqlite => format!("instr(lower({haystack}), lower({needle})) > 0"),
-            Dialect::Postgres => format!("strpos(lower({haystack}), lower({needle})) > 0"),
-        }
+        let f = self.pick("instr", "strpos");
+        format!("{f}(lower({haystack}), lower({needle})) > 0")
     }
 
     /// Locks the rows a SELECT reads against deletion until commit (PostgreSQL; SQLite's writer excludes all).
     pub fn for_key_share(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR KEY SHARE",
-        }
+        self.pick("", " FOR KEY SHARE")
     }
 
     /// Locks the rows a SELECT reads against every other writer until commit.
     pub fn for_update(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE",
-        }
+        self.pick("", " FOR UPDATE")
     }
 }
 
@@ -243,12 +239,6 @@ impl Tx<'_> {
             Tx::Sqlite(_) => Dialect::Sqlite,
             Tx::Postgres(_) => Dialect::Postgres,
         }
-    }
-
-    /// Whether other processes may write the same rows at the same time (replicas sharing PostgreSQL); on SQLite
-    /// one server owns the database.
-    pub fn shared(&self) -> bool {
-        matches!(self, Tx::Postgres(_))
     }
 
     pub async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, MetaError> {
@@ -273,19 +263,6 @@ impl Tx<'_> {
 
     pub async fn exists(&mut self, sql: &str, params: &[Param<'_>]) -> Result<bool, MetaError> {
         Ok(self.opt(sql, params).await?.is_some())
-    }
-
-    /// The first column of every row, as text.
-    pub async fn texts(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<Vec<String>, MetaError> {
-        self.query(sql, params)
-            .await?
-            .iter()
-            .map(|r| r.text(0))
-            .collect()
     }
 
     /// Runs a statement; the number of rows it changed.

@@ -34,17 +34,6 @@ const EMPTY: &str = "NOT EXISTS (SELECT 1 FROM manifest m WHERE m.repo = reposit
     AND NOT EXISTS (SELECT 1 FROM repo_blob rb WHERE rb.repo = repository.id)
     AND NOT EXISTS (SELECT 1 FROM upload u WHERE u.repo = repository.name)";
 
-fn ref_kind(s: &str) -> Result<RefKind, MetaError> {
-    match s {
-        "config" => Ok(RefKind::Config),
-        "layer" => Ok(RefKind::Layer),
-        "child" => Ok(RefKind::Child),
-        other => Err(MetaError::Corrupt(format!(
-            "unknown reference kind {other:?}"
-        ))),
-    }
-}
-
 async fn repo_infos(tx: &mut Tx<'_>) -> Result<Vec<RepoInfo>, MetaError> {
     let rows = tx
         .query(
@@ -401,7 +390,8 @@ impl MaintenanceStore for SqlStore {
             Ok(RefCheck {
                 manifest: r.digest(0)?,
                 target: r.digest(1)?,
-                kind: ref_kind(&r.text(2)?)?,
+                kind: RefKind::parse(&r.text(2)?)
+                    .ok_or_else(|| MetaError::Corrupt("unknown reference kind".into()))?,
                 present: r.bool(3)?,
             })
         })

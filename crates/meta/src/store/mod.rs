@@ -478,13 +478,13 @@ async fn list_tags(
     let tags = match cached {
         Some(t) => t,
         None => {
-            let t = Arc::new(
-                tx.texts(
+            let t = Arc::new(texts(
+                tx.query(
                     "SELECT name FROM tag WHERE repo = $1 ORDER BY name",
                     &[key.0.into()],
                 )
                 .await?,
-            );
+            )?);
             let mut c = cache.lock();
             if c.len() >= TAG_LIST_CACHE_REPOS {
                 c.clear();
@@ -972,23 +972,23 @@ impl Coordination for SqlStore {
     }
 
     async fn lock_digest(&self, digest: &Digest) -> Result<Option<StoreLock>, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(None),
-            Db::Postgres(db) => db.lock_digest(&digest.to_string()).await,
-        }
+        let Db::Postgres(db) = &self.db else {
+            return Ok(None);
+        };
+        db.lock_digest(&digest.to_string()).await
     }
 
     async fn try_lease_fetch(&self, key: &str) -> Result<FetchLease, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(FetchLease::NotShared),
-            Db::Postgres(db) => db.try_lease_fetch(key).await,
-        }
+        let Db::Postgres(db) = &self.db else {
+            return Ok(FetchLease::NotShared);
+        };
+        db.try_lease_fetch(key).await
     }
 
     async fn try_lease(&self, job: &str) -> Result<Option<StoreLock>, MetaError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(Some(StoreLock::new(Box::new(())))),
-            Db::Postgres(db) => db.try_lease(job).await,
-        }
+        let Db::Postgres(db) = &self.db else {
+            return Ok(Some(StoreLock::new(Box::new(()))));
+        };
+        db.try_lease(job).await
     }
 }
