@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod prefetch;
 pub mod registry;
 pub mod server;
+pub mod stores;
 pub mod tls;
 pub mod ui;
 pub mod worker;

@@ -26,8 +26,8 @@ use crate::config::{Config, MetadataBackend};
 use crate::meta::transfer::{self, MetaDatabase, TABLES, Value};
 use crate::meta::{PgSettings, SqlStore};
 use crate::oci::Digest;
-use crate::server::DataDirLock;
 use crate::store::{BlobStore, StoreError};
+use crate::stores::DataDirLock;
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
@@ -136,7 +136,7 @@ async fn open_side(config: Config, role: &str) -> anyhow::Result<Side> {
     if source && !dir.is_dir() {
         bail!("--from: data directory {} does not exist", dir.display());
     }
-    let lock = crate::server::lock_data_dir(&dir).with_context(|| format!("--{role}"))?;
+    let lock = crate::stores::lock_data_dir(&dir).with_context(|| format!("--{role}"))?;
     if source
         && config.storage.metadata == MetadataBackend::Sqlite
         && !dir.join("berth.db").exists()
@@ -173,7 +173,7 @@ async fn open_side(config: Config, role: &str) -> anyhow::Result<Side> {
              using it must be stopped during a migration"
         );
     }
-    let blobs = crate::server::open_blobs(&config).with_context(|| format!("--{role}"))?;
+    let blobs = crate::stores::open_blobs(&config).with_context(|| format!("--{role}"))?;
     Ok(Side {
         config,
         blobs,

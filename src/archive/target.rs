@@ -11,8 +11,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::config::Config;
 use crate::oci::{Digest, Reference, RepoName, media};
 use crate::registry::{Registry, RegistryError};
-use crate::server::DataDirLock;
 use crate::store::ByteStream;
+use crate::stores::DataDirLock;
 
 /// Every manifest type berth serves, for `Accept`.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -102,8 +102,8 @@ pub struct LocalRegistry {
 impl LocalRegistry {
     /// Takes the data-dir lock (refusing when a server holds it), then opens the stores.
     pub fn open(config: &Config) -> anyhow::Result<LocalRegistry> {
-        let lock = crate::server::lock_data_dir(&config.storage.data_dir)?;
-        let registry = crate::server::open(config)?.registry;
+        let lock = crate::stores::lock_data_dir(&config.storage.data_dir)?;
+        let registry = crate::stores::open(config)?.registry;
         Ok(LocalRegistry {
             registry,
             _lock: lock,

@@ -112,7 +112,7 @@ fn data_dir(args: &DataArgs) -> anyhow::Result<(PathBuf, Config)> {
 fn open(args: &DataArgs) -> anyhow::Result<Accounts> {
     let (dir, mut config) = data_dir(args)?;
     config.storage.data_dir = dir;
-    Ok(Accounts::new(crate::server::open_meta(&config)?))
+    Ok(Accounts::new(crate::stores::open_meta(&config)?))
 }
 
 /// The commands write the same `audit` lines as the server (user added, token created, …) to stderr, so the

@@ -44,7 +44,7 @@ async fn with_progress<T>(json: bool, f: impl AsyncFnOnce(&dyn Progress) -> T) -
 }
 
 fn open(config: &Config) -> anyhow::Result<std::sync::Arc<Maintenance>> {
-    Ok(crate::server::open(config)?.maintenance)
+    Ok(crate::stores::open(config)?.maintenance)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
