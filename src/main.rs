@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use berth::config::{Config, DEFAULT_TOML, LogFormat};
+use berth::human::{count, size};
 
 #[derive(Parser)]
 #[command(
@@ -218,10 +219,10 @@ fn prefetch(
         .build()?;
     let s = runtime.block_on(berth::prefetch::prefetch(server, images, platforms, quiet))?;
     eprintln!(
-        "prefetched {} manifests and {} blobs ({:.1} MB)",
-        s.manifests,
-        s.blobs,
-        s.bytes as f64 / 1e6
+        "prefetched {} and {} ({})",
+        count(s.manifests, "manifest"),
+        count(s.blobs, "blob"),
+        size(s.bytes)
     );
     Ok(())
 }

@@ -269,7 +269,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
     );
     for m in &config.mirror {
-        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
+        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = %m.aliases.join(", "), "mirroring");
     }
     // Every background job runs as a worker of this set: visible at /api/v1/workers, stopped together at shutdown.
     let workers = Arc::new(crate::worker::Workers::new());

@@ -575,7 +575,7 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
         Ok(t) => t,
         Err(e) => return internal(&e.to_string()),
     };
-    tracing::info!(target: "audit", event = "ui_login", user = caller.principal(), ip = ?ip, "signed in to the web UI");
+    tracing::info!(target: "audit", event = "ui_login", user = caller.principal(), ip = %ip.map_or_else(|| "unknown".to_owned(), |i| i.to_string()), "signed in to the web UI");
     let mut r = redirect("/ui");
     r.headers_mut().insert(
         header::SET_COOKIE,
