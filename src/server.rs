@@ -443,5 +443,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         res.context("listener task failed")?
             .context("listener failed")?;
     }
+    // The last line of a clean stop: what a log reader (or an operator's `journalctl`) checks for.
+    tracing::info!("berth stopped");
     Ok(())
 }

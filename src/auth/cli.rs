@@ -122,6 +122,7 @@ fn init_audit_log() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,audit=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(crate::config::LogColor::Auto.enabled())
         .with_writer(std::io::stderr)
         .try_init();
 }
