@@ -45,6 +45,16 @@ pub fn router() -> Router<AppState> {
             "/ui/static/berth.js",
             get(|| async { asset("text/javascript", pages::JS) }),
         )
+        // SVG at the conventional path too: every current browser renders an SVG icon whatever its name, and
+        // tools that fetch /favicon.ico on their own get an image rather than a 404 in the access log.
+        .route(
+            "/ui/static/favicon.svg",
+            get(|| async { asset("image/svg+xml", pages::FAVICON) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { asset("image/svg+xml", pages::FAVICON) }),
+        )
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/tags", get(tags))
