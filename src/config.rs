@@ -443,11 +443,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// When log lines may carry ANSI colour escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when stderr is a terminal and `NO_COLOR` is unset or empty (so files, pipes and journald get plain text).
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether to write colour escapes to stderr.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            LogColor::Always => true,
+            LogColor::Never => false,
+            LogColor::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// `human` or `json` (one JSON object per line).
     pub format: LogFormat,
+    /// Colour escapes in `human` lines: `auto` (only when stderr is a terminal and `NO_COLOR` is not set), `always`
+    /// or `never`. JSON lines never carry any.
+    pub color: LogColor,
     /// A tracing filter such as `info` or `berth=debug,tower_http=info`; `RUST_LOG` overrides it.
     pub level: String,
 }
@@ -681,6 +709,7 @@ impl Default for Log {
     fn default() -> Self {
         Log {
             format: LogFormat::Human,
+            color: LogColor::Auto,
             level: "info".into(),
         }
     }
@@ -765,6 +794,8 @@ max_page_size = 1000
 [log]
 # "human" or "json" (one object per line).
 format = "human"
+# Colour escapes in human lines: "auto" (only when stderr is a terminal and NO_COLOR is not set), "always", "never".
+color = "auto"
 # A tracing filter, e.g. "info" or "berth=debug". RUST_LOG overrides it.
 level = "info"
 

@@ -4,6 +4,7 @@ pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod human;
 pub mod maint;
 pub mod migrate;
 pub mod mirror;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use berth::config::{Config, DEFAULT_TOML, LogFormat};
+use berth::human::{count, size};
 
 #[derive(Parser)]
 #[command(
@@ -218,10 +219,10 @@ fn prefetch(
         .build()?;
     let s = runtime.block_on(berth::prefetch::prefetch(server, images, platforms, quiet))?;
     eprintln!(
-        "prefetched {} manifests and {} blobs ({:.1} MB)",
-        s.manifests,
-        s.blobs,
-        s.bytes as f64 / 1e6
+        "prefetched {} and {} ({})",
+        count(s.manifests, "manifest"),
+        count(s.blobs, "blob"),
+        size(s.bytes)
     );
     Ok(())
 }
@@ -263,6 +264,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(config.log.color.enabled())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -270,8 +272,31 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// A command whose reader went away (`berth token list | head -1`) ends the way Unix filters do, killed quietly by
+/// SIGPIPE, instead of Rust's default: SIGPIPE ignored, so `println!` meets EPIPE and panics with "failed printing
+/// to stdout". One disposition set here covers every command's output (and clap's `--help`), where handling
+/// `BrokenPipe` would mean replacing every `println!`. `serve` keeps SIGPIPE ignored: a long-running server must
+/// see EPIPE as an error on the one stream (a log pipe whose reader restarted) rather than die of it. Data-dir
+/// commands are as safe to stop this way as with `kill -9`: every write they make is crash-safe.
+fn sigpipe_kills(kills: bool) {
+    #[cfg(unix)]
+    // SAFETY: called in `main` before any other thread exists; both are valid dispositions for SIGPIPE.
+    unsafe {
+        libc::signal(
+            libc::SIGPIPE,
+            if kills { libc::SIG_DFL } else { libc::SIG_IGN },
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = kills;
+}
+
 fn main() -> ExitCode {
+    sigpipe_kills(true);
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        sigpipe_kills(false);
+    }
     let result = match cli.command {
         Command::Serve(args) => load(&args).and_then(|config| {
             init_logging(&config);

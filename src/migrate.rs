@@ -169,7 +169,7 @@ async fn open_side(config: Config, role: &str) -> anyhow::Result<Side> {
         && n > 0
     {
         eprintln!(
-            "warning: --{role}: {n} other sessions are connected to the PostgreSQL database; every berth replica \
+            "warning: --{role}: other sessions connected to the PostgreSQL database: {n}; every berth replica \
              using it must be stopped during a migration"
         );
     }
@@ -563,10 +563,6 @@ async fn verify_blob(
     Ok(())
 }
 
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
 /// The command: runs [`migrate`] on a small runtime and prints the summary; fails when any blob was a problem.
 pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -581,17 +577,18 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     println!(
         "blobs: {} {verb} ({}), {} already present",
         s.blobs_copied,
-        mb(s.bytes_copied),
+        crate::human::size(s.bytes_copied),
         s.blobs_present,
     );
-    let metadata = format!(
-        "{} repositories, {} manifests, {} tags, {} users, {} tokens",
-        s.rows_of("repository"),
-        s.rows_of("manifest"),
-        s.rows_of("tag"),
-        s.rows_of("auth_user"),
-        s.rows_of("auth_token"),
-    );
+    let metadata = [
+        ("repository", "repository"),
+        ("manifest", "manifest"),
+        ("tag", "tag"),
+        ("auth_user", "user"),
+        ("auth_token", "token"),
+    ]
+    .map(|(table, noun)| crate::human::count(s.rows_of(table), noun))
+    .join(", ");
     if s.metadata_present {
         println!("metadata: already migrated ({metadata}, the same on both sides)");
     } else if s.metadata_copied || args.dry_run {
@@ -605,15 +602,15 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if !s.problems.is_empty() {
         if s.metadata_copied || s.metadata_present {
             bail!(
-                "{} destination blobs failed verification (listed above; the wrong bytes were removed); run \
-                 again to copy them anew",
-                s.problems.len()
+                "{} failed verification (listed above; the wrong bytes were removed); run again to copy them \
+                 anew",
+                crate::human::count(s.problems.len(), "destination blob")
             );
         }
         bail!(
-            "{} problems (listed above); no metadata was written: repair the source (`berth scrub` reports what is \
+            "{} (listed above); no metadata was written: repair the source (`berth scrub` reports what is \
              broken) and run again, blobs already copied are skipped",
-            s.problems.len()
+            crate::human::count(s.problems.len(), "problem")
         );
     }
     if args.verify && !args.dry_run {

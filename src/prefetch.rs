@@ -102,9 +102,9 @@ pub async fn prefetch(
                 if !quiet {
                     let _ = writeln!(
                         std::io::stderr(),
-                        "{image}: {} {:.1} MB",
+                        "{image}: {} {}",
                         d.digest,
-                        n as f64 / 1e6
+                        crate::human::size(n)
                     );
                 }
             }

@@ -100,7 +100,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
     );
     for m in &config.mirror {
-        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = ?m.aliases, "mirroring");
+        tracing::info!(mirror = %m.name, upstream = %m.upstream, aliases = %m.aliases.join(", "), "mirroring");
     }
     // Every background job runs as a worker of this set: visible at /api/v1/workers, stopped together at shutdown.
     let workers = Arc::new(crate::worker::Workers::new());
@@ -274,5 +274,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         res.context("listener task failed")?
             .context("listener failed")?;
     }
+    // The last line of a clean stop: what a log reader (or an operator's `journalctl`) checks for.
+    tracing::info!("berth stopped");
     Ok(())
 }

@@ -192,7 +192,7 @@ async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("already present: 0 manifests, 1 blobs; 8 problems"),
+        stdout.contains("already present: 0 manifests, 1 blob; 8 problems"),
         "{stdout}"
     );
 
@@ -262,7 +262,7 @@ async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
     assert_eq!(problems(&stdout), expected, "{stdout}");
     assert!(
         stdout.contains(
-            "imported 7 repositories, 5 tags, 0 manifests, 0 blobs (0.0 MB); already present: 7 manifests, 3 blobs; 8 problems"
+            "imported 7 repositories, 5 tags, 0 manifests, 0 blobs (0 B); already present: 7 manifests, 3 blobs; 8 problems"
         ),
         "{stdout}"
     );
@@ -280,8 +280,8 @@ async fn import_distribution_imports_what_is_sound_and_reports_each_problem() {
     assert_eq!(problems(&stdout), remaining, "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "imported 7 repositories, 6 tags, 1 manifests, 1 blobs ({:.1} MB); already present: 7 manifests, 3 blobs; 6 problems",
-            d.blobs[&d_layer].len() as f64 / 1e6
+            "imported 7 repositories, 6 tags, 1 manifest, 1 blob ({}); already present: 7 manifests, 3 blobs; 6 problems",
+            bytesize::ByteSize(d.blobs[&d_layer].len() as u64).display().iec()
         )),
         "{stdout}"
     );

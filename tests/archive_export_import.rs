@@ -296,7 +296,7 @@ async fn import_reads_skopeo_oci_archive_and_docker_archive() {
     );
     let stdout = berth_ok(&["import", oci_tar.to_str().unwrap(), "--server", &url]);
     assert!(
-        stdout.contains("imported 1 images: 3 manifests stored"),
+        stdout.contains("imported 1 image: 3 manifests stored"),
         "{stdout}"
     );
     let (_, dcd, body) = http_manifest(&b.host(), "team/multi", "v1").await;
@@ -311,7 +311,7 @@ async fn import_reads_skopeo_oci_archive_and_docker_archive() {
     // Re-running uploads nothing; --tag REPO:TAG names the one image differently.
     let stdout = berth_ok(&["import", oci_tar.to_str().unwrap(), "--server", &url]);
     assert!(
-        stdout.contains("0 manifests stored, 0 blobs uploaded (0.0 MB)"),
+        stdout.contains("0 manifests stored, 0 blobs uploaded (0 B)"),
         "{stdout}"
     );
     berth_ok(&[

@@ -293,6 +293,12 @@ async fn audit_lines_name_events_and_never_secrets() {
         cli_log.contains("user_added") && cli_log.contains("token_created"),
         "{cli_log}"
     );
+    // In words, not Rust's debug output: no `Some(…)`, and a token without `--expires` says so.
+    assert!(
+        cli_log.contains("expires_at=never") && cli_log.contains("(does not expire)"),
+        "{cli_log}"
+    );
+    assert!(!cli_log.contains("Some("), "{cli_log}");
 
     let (s, _, _) = send(
         Method::GET,
@@ -325,6 +331,8 @@ async fn audit_lines_name_events_and_never_secrets() {
             .any(|l| l.contains(event) && l.contains(detail))
     };
     assert!(has("login_failed", "ci"), "{server_log}");
+    assert!(has("login_failed", "ip=127.0.0.1"), "{server_log}");
+    assert!(!server_log.contains("Some("), "{server_log}");
     assert!(has("\"push\"", "team/app"), "{server_log}");
     assert!(has("\"delete\"", "team/app"), "{server_log}");
     let secret_part = token.rsplit('_').next().unwrap();

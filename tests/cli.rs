@@ -1,4 +1,5 @@
-//! The binary's contract: `config default`, config validation, and graceful shutdown.
+//! The binary's contract: `config default`, config validation, graceful shutdown and its last log line, plain
+//! logs when stderr is not a terminal, and quiet ends on a closed stdout.
 
 mod common;
 
@@ -22,6 +23,7 @@ fn config_default_is_a_valid_config_with_every_key_commented() {
         "sqlite_synchronous",
         "max_manifest_size",
         "upload_expiry",
+        "color",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),
@@ -148,4 +150,110 @@ fn sigterm_lets_in_flight_requests_finish() {
             .status()
     });
     assert_eq!(status, 200);
+}
+
+/// A command whose stdout reader is gone (`berth … | head -1` after `head` exits) ends quietly: killed by
+/// SIGPIPE like any Unix filter, or exit 0, never a "failed printing to stdout" panic. The pipe's read end is closed
+/// before the command starts, so every write meets EPIPE (a shell pipeline into `head` would leave it to timing:
+/// a short output fits the pipe buffer before `head` exits).
+#[test]
+fn every_command_ends_quietly_when_its_stdout_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let commands: [&[&str]; 4] = [
+        &["config", "default"],
+        &["--help"],
+        &["status", "--data-dir", data],
+        &["user", "list", "--data-dir", data],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = berth()
+            .args(args)
+            .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(0) || out.status.signal() == Some(libc::SIGPIPE),
+            "berth {args:?}: {} ({stderr})",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "berth {args:?}: {stderr}");
+    }
+    // The same through a shell, as people type it: the first line arrives, and nothing is said on stderr.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' config default | head -1",
+            env!("CARGO_BIN_EXE_berth")
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "# berth configuration. Every key is optional; the values below are the defaults.\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// Starts berth with its log (at `info`) in a file, makes one request, stops it with SIGTERM; returns the log.
+fn log_of_a_short_run(config: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("berth.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = tmp.path().join("berth.log");
+    let mut b = common::Berth::start_secure_logging(
+        &tmp.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+        &log,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        common::client()
+            .get(format!("{}/v2/", b.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 401, "an access log line");
+    let (status, _) = b.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn serve_writes_no_colour_escapes_when_stderr_is_a_file() {
+    let log = log_of_a_short_run("");
+    assert!(log.contains("berth listening"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file: {log:?}");
+}
+
+#[test]
+fn log_color_always_writes_colour_escapes_even_to_a_file() {
+    let log = log_of_a_short_run("[log]\ncolor = \"always\"\n");
+    assert!(log.contains("\x1b["), "no ANSI escapes: {log:?}");
+    let log = log_of_a_short_run("[log]\ncolor = \"never\"\n");
+    assert!(!log.contains('\x1b'), "{log:?}");
+}
+
+#[test]
+fn sigterm_ends_the_log_with_berth_stopped() {
+    let log = log_of_a_short_run("");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("INFO") && last.ends_with("berth stopped"),
+        "last line: {last:?}\n{log}"
+    );
+    assert!(log.contains("shutting down"), "{log}");
 }

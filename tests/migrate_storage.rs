@@ -237,7 +237,7 @@ struct Pushed {
 }
 
 /// Fills a running berth: a two-platform index tagged three times with a referrer in `team/app`, a single image
-/// with a 3 MB layer in `team/other`, and `alice` with a pull token for `team/*`.
+/// with a 3 MiB layer in `team/other`, and `alice` with a pull token for `team/*`.
 async fn fill(server: &Server, store: &Store) -> Pushed {
     let base = server.url();
     let mut p = Pushed::default();
@@ -489,7 +489,7 @@ async fn round_trip(shapes: &[(&str, Shape)]) {
         // The mirror cache adds a repository, a manifest, a tag and 3 blobs; each hop also carries the repository
         // the previous hop's check pushed (one image: 3 blobs).
         let summary = format!(
-            "metadata: copied {} repositories, {} manifests, {} tags, 2 users, 1 tokens",
+            "metadata: copied {} repositories, {} manifests, {} tags, 2 users, 1 token",
             3 + hop,
             6 + hop,
             5 + hop
@@ -621,7 +621,7 @@ async fn broken_source_blob_stops_the_copy_and_a_rerun_finishes_it() {
     let out = migrate_ok(&src, &dst, &[]);
     assert!(
         out.contains(&format!(
-            "blobs: 1 copied (3.1 MB), {} already present",
+            "blobs: 1 copied (3.0 MiB), {} already present",
             total_blobs - 1
         )),
         "{out}"

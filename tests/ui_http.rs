@@ -1,6 +1,6 @@
 //! The web UI over plain HTTP (no browser): sign-in and the session cookie, escaping of attacker-controlled
 //! strings, authorization of pages and POSTs (a forbidden repository answers like a missing one), CSRF refusal,
-//! and pagination of many tags.
+//! pagination of many tags, platforms of single images, the favicon, and mirrors' upstream health.
 
 #[path = "common/auth.rs"]
 mod auth;
@@ -376,8 +376,128 @@ async fn ui_shows_anonymous_visitors_only_what_anonymous_may_pull_when_browsing_
 async fn ui_can_be_turned_off() {
     let b = auth::secure_berth("[ui]\nenabled = false\n");
     let http = common::client();
-    for path in ["/ui", "/ui/login", "/ui/static/berth.css"] {
+    for path in ["/ui", "/ui/login", "/ui/static/berth.css", "/favicon.ico"] {
         let r = http.get(format!("{}{path}", b.url())).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+}
+
+/// The markup of the table row that starts with `start` (e.g. `<tr data-tag="v1">`).
+fn row<'a>(html: &'a str, start: &str) -> &'a str {
+    let at = html
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {html}"));
+    let row = &html[at..];
+    &row[..row.find("</tr>").expect("end of row")]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_tags_show_a_single_platform_images_platform_from_its_config() {
+    let b = common::Berth::start_secure(&[]);
+    let r = admin_reg(&b);
+    r.push_image("plat/one", "v1", "plat").await;
+    let sess = Session::login(&b, "admin", common::ADMIN_PASSWORD).await;
+    let (status, tags) = sess.get("/ui/tags?repo=plat/one").await;
+    assert_eq!(status, 200);
+    let v1 = row(&tags, "<tr data-tag=\"v1\">");
+    assert!(v1.contains("<td>linux/amd64</td>"), "{v1}");
+    assert!(!v1.contains('—'), "{v1}");
+    // The manifest page says the same, from the same config.
+    let (_, manifest) = sess.get("/ui/manifest?repo=plat/one&ref=v1").await;
+    assert!(
+        manifest.contains("<th>Platform</th><td>linux/amd64</td>"),
+        "{manifest}"
+    );
+    assert!(tags.contains("1 tag<"), "one tag, in the singular: {tags}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_serves_a_favicon_and_every_page_links_it() {
+    let b = common::Berth::start_secure(&[]);
+    let http = common::client();
+    for path in ["/favicon.ico", "/ui/static/favicon.svg"] {
+        let r = http.get(format!("{}{path}", b.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "image/svg+xml", "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with("<svg") && body.trim_end().ends_with("</svg>"),
+            "{path}: {body}"
+        );
+    }
+    let login = http
+        .get(format!("{}/ui/login", b.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        login.contains(r#"<link rel="icon" type="image/svg+xml" href="/ui/static/favicon.svg">"#),
+        "{login}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_mirrors_show_not_contacted_yet_then_ok_or_the_failures_cause() {
+    let upstream = common::Berth::start();
+    spec::Reg::new(upstream.url(), common::client())
+        .push_image("team/app", "1", "health")
+        .await;
+    // Nothing listens on `dead`'s port: every connection is refused.
+    let dead = format!("dead=http://127.0.0.1:{}", common::free_port());
+    let live = format!("live={}", upstream.url());
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("berth.log");
+    let b = common::Berth::start_secure_logging(
+        &tmp.path().join("data"),
+        &["--mirror", &dead, "--mirror", &live],
+        &log,
+    );
+    let sess = Session::login(&b, "admin", common::ADMIN_PASSWORD).await;
+    let (status, html) = sess.get("/ui/mirrors").await;
+    assert_eq!(status, 200);
+    for name in ["dead", "live"] {
+        let r = row(&html, &format!("<tr data-mirror=\"{name}\">"));
+        assert!(
+            r.contains(r#"<span class="idle">not contacted yet</span>"#),
+            "{r}"
+        );
+        assert!(!r.contains(r#"class="ok""#), "{r}");
+    }
+
+    let http = common::client();
+    let pulled = http
+        .get(format!("{}/v2/live/team/app/manifests/1", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.status(), 200);
+    let refused = http
+        .get(format!("{}/v2/dead/team/app/manifests/1", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
+    let body = refused.text().await.unwrap().to_lowercase();
+    assert!(body.contains("connection refused"), "the cause: {body}");
+
+    let (_, html) = sess.get("/ui/mirrors").await;
+    let live = row(&html, "<tr data-mirror=\"live\">");
+    assert!(live.contains(r#"<span class="ok">ok</span>"#), "{live}");
+    let dead = row(&html, "<tr data-mirror=\"dead\">");
+    assert!(dead.contains("last request failed ("), "{dead}");
+    assert!(
+        dead.contains("error sending request")
+            && dead.to_lowercase().contains("connection refused"),
+        "the error with its cause: {dead}"
+    );
+    assert!(dead.contains("1 error, 0 stale answers"), "{dead}");
+    let log = std::fs::read_to_string(&log).unwrap().to_lowercase();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("error sending request") && l.contains("connection refused")),
+        "the log names the cause: {log}"
+    );
 }

@@ -11,6 +11,7 @@ use super::progress::Progress;
 use super::target::{HttpRegistry, LocalRegistry, SharedDestination, SharedSource};
 use super::{ImageRef, Platform};
 use crate::config::Config;
+use crate::human::{count, size};
 
 /// Which registry to read or write: exactly one of `--server` or `--data-dir`/`--config`.
 #[derive(clap::Args, Debug, Clone)]
@@ -135,10 +136,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
 /// `berth export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let images = args
@@ -165,11 +162,11 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     progress.finish();
     let s = s?;
     println!(
-        "exported {} images ({} manifests, {} blobs, {}) to {}",
-        s.images,
-        s.manifests,
-        s.blobs,
-        mb(s.bytes),
+        "exported {} ({}, {}, {}) to {}",
+        count(s.images, "image"),
+        count(s.manifests, "manifest"),
+        count(s.blobs, "blob"),
+        size(s.bytes),
         args.output.display()
     );
     Ok(())
@@ -196,12 +193,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     progress.finish();
     let s = s?;
     println!(
-        "imported {} images: {} manifests stored, {} blobs uploaded ({}), {} blobs already present",
-        s.images,
-        s.manifests,
-        s.blobs_uploaded,
-        mb(s.bytes_uploaded),
-        s.blobs_present
+        "imported {}: {} stored, {} uploaded ({}), {} already present",
+        count(s.images, "image"),
+        count(s.manifests, "manifest"),
+        count(s.blobs_uploaded, "blob"),
+        size(s.bytes_uploaded),
+        count(s.blobs_present, "blob")
     );
     Ok(())
 }
@@ -219,21 +216,20 @@ pub fn import_distribution(args: ImportDistributionArgs) -> anyhow::Result<()> {
     }
     let s = &report.summary;
     println!(
-        "imported {} repositories, {} tags, {} manifests, {} blobs ({}); already present: {} manifests, {} blobs; \
-         {} problems",
-        s.repositories,
-        s.tags,
-        s.manifests,
-        s.blobs,
-        mb(s.bytes),
-        s.manifests_present,
-        s.blobs_present,
-        report.problems.len()
+        "imported {}, {}, {}, {} ({}); already present: {}, {}; {}",
+        count(s.repositories, "repository"),
+        count(s.tags, "tag"),
+        count(s.manifests, "manifest"),
+        count(s.blobs, "blob"),
+        size(s.bytes),
+        count(s.manifests_present, "manifest"),
+        count(s.blobs_present, "blob"),
+        count(report.problems.len(), "problem")
     );
     if !report.problems.is_empty() {
         bail!(
-            "{} problems found in {} (listed above); everything else was imported",
-            report.problems.len(),
+            "{} found in {} (listed above); everything else was imported",
+            count(report.problems.len(), "problem"),
             args.root.display()
         );
     }

@@ -201,7 +201,9 @@ impl Accounts {
         };
         self.store.create_token(&record).await?;
         tracing::info!(target: "audit", event = "token_created", user, token_id = %id, name,
-            scopes = %record.scopes.replace('\n', " "), expires_at = ?record.expires_at, "personal access token created");
+            scopes = %record.scopes.replace('\n', " "), expires_at = %record.expires_at.map_or_else(|| "never".to_owned(), |t| humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64)).to_string()),
+            "personal access token created");
         Ok(CreatedToken {
             secret: full,
             record,

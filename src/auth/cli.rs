@@ -122,6 +122,7 @@ fn init_audit_log() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,audit=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(crate::config::LogColor::Auto.enabled())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -155,7 +156,7 @@ fn time(t: Option<i64>) -> String {
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64),
         )
         .to_string(),
-        _ => "-".into(),
+        _ => "never".into(),
     }
 }
 
@@ -189,7 +190,11 @@ pub fn run_user(args: UserArgs) -> anyhow::Result<()> {
                     .and_then(|mut f| f.read_to_string(&mut text))
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let names = accounts.import_htpasswd(&text).await?;
-                eprintln!("imported {} users: {}", names.len(), names.join(", "));
+                eprintln!(
+                    "imported {}: {}",
+                    crate::human::count(names.len(), "user"),
+                    names.join(", ")
+                );
             }
         }
         Ok(())
@@ -218,10 +223,13 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
                 let t = accounts
                     .create_token(&user, &name, &scopes, expires)
                     .await?;
+                let expiry = match t.record.expires_at {
+                    Some(_) => format!("expires {}", time(t.record.expires_at)),
+                    None => "does not expire".to_owned(),
+                };
                 eprintln!(
-                    "token {} for {user} created (expires {}); it is shown only now:",
-                    t.record.id,
-                    time(t.record.expires_at)
+                    "token {} for {user} created ({expiry}); it is shown only now:",
+                    t.record.id
                 );
                 println!("{}", t.secret);
             }

@@ -176,7 +176,7 @@ impl Auth {
         ip: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
         if let Some(retry) = self.limiter.blocked(ip, user) {
-            tracing::warn!(target: "audit", event = "login_throttled", user, ip = ?ip, "failed-login limit reached");
+            tracing::warn!(target: "audit", event = "login_throttled", user, ip = %ip.map_or_else(|| "unknown".to_owned(), |i| i.to_string()), "failed-login limit reached");
             return Err(AuthError::RateLimited(retry));
         }
         let result = if accounts::looks_like_token(secret) {
@@ -188,7 +188,7 @@ impl Auth {
             Some(c) => Ok(c),
             None => {
                 self.limiter.record_failure(ip, user);
-                tracing::warn!(target: "audit", event = "login_failed", user, ip = ?ip, "failed login");
+                tracing::warn!(target: "audit", event = "login_failed", user, ip = %ip.map_or_else(|| "unknown".to_owned(), |i| i.to_string()), "failed login");
                 Err(AuthError::BadCredentials)
             }
         }

@@ -45,6 +45,16 @@ pub fn router() -> Router<AppState> {
             "/ui/static/berth.js",
             get(|| async { asset("text/javascript", pages::JS) }),
         )
+        // SVG at the conventional path too: every current browser renders an SVG icon whatever its name, and
+        // tools that fetch /favicon.ico on their own get an image rather than a 404 in the access log.
+        .route(
+            "/ui/static/favicon.svg",
+            get(|| async { asset("image/svg+xml", pages::FAVICON) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { asset("image/svg+xml", pages::FAVICON) }),
+        )
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/tags", get(tags))
@@ -575,7 +585,7 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
         Ok(t) => t,
         Err(e) => return internal(&e.to_string()),
     };
-    tracing::info!(target: "audit", event = "ui_login", user = caller.principal(), ip = ?ip, "signed in to the web UI");
+    tracing::info!(target: "audit", event = "ui_login", user = caller.principal(), ip = %ip.map_or_else(|| "unknown".to_owned(), |i| i.to_string()), "signed in to the web UI");
     let mut r = redirect("/ui");
     r.headers_mut().insert(
         header::SET_COOKIE,

@@ -11,6 +11,7 @@ use super::gc::GcOptions;
 use super::scrub::ScrubOptions;
 use super::{Maintenance, Progress, Quiet};
 use crate::config::Config;
+use crate::human::{count, size};
 
 /// A progress bar on stderr, one phase at a time.
 struct Bar(ProgressBar);
@@ -52,10 +53,6 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).to_string()
-}
-
 fn time(t: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
         .to_string()
@@ -81,17 +78,21 @@ pub async fn gc(
     }
     let verb = if s.dry_run { "would delete" } else { "deleted" };
     println!(
-        "garbage collection {verb}: {} manifests, {} blob links, {} blobs ({})",
-        s.manifests,
-        s.links,
-        s.blobs,
-        human_bytes(s.bytes)
+        "garbage collection {verb}: {}, {}, {} ({})",
+        count(s.manifests, "manifest"),
+        count(s.links, "blob link"),
+        count(s.blobs, "blob"),
+        size(s.bytes)
     );
     if !s.dry_run {
         println!(
-            "blob files removed: {} (+{} orphan files), kept because pushed again: {}; expired upload sessions: {}; \
+            "blob files removed: {} (+{}), kept because pushed again: {}; expired upload sessions: {}; \
              empty repositories removed: {}",
-            s.files_deleted, s.orphan_files, s.files_revived, s.upload_sessions, s.repositories
+            s.files_deleted,
+            count(s.orphan_files, "orphan file"),
+            s.files_revived,
+            s.upload_sessions,
+            s.repositories
         );
     }
     Ok(())
@@ -125,8 +126,12 @@ pub async fn retention(config: &Config, dry_run: bool, json: bool) -> anyhow::Re
     }
     let verb = if s.dry_run { "would delete" } else { "deleted" };
     println!(
-        "retention over {} repositories: kept {} tags, {verb} {} tags and {} untagged manifests ({} skipped: changed meanwhile)",
-        s.repositories, s.tags_kept, s.tags_deleted, s.manifests_deleted, s.skipped
+        "retention over {}: kept {}, {verb} {} and {} ({} skipped: changed meanwhile)",
+        count(s.repositories, "repository"),
+        count(s.tags_kept, "tag"),
+        count(s.tags_deleted, "tag"),
+        count(s.manifests_deleted, "untagged manifest"),
+        s.skipped
     );
     Ok(())
 }
@@ -163,18 +168,18 @@ pub async fn scrub(
             );
         }
         println!(
-            "scrub ({}) checked {} repositories, {} manifests, {} references, {} blobs{}: {} problems, {} repaired",
+            "scrub ({}) checked {}, {}, {}, {}{}: {}, {} repaired",
             if s.deep { "deep" } else { "fast" },
-            s.repositories,
-            s.manifests,
-            s.references,
-            s.blobs,
+            count(s.repositories, "repository"),
+            count(s.manifests, "manifest"),
+            count(s.references, "reference"),
+            count(s.blobs, "blob"),
             if s.deep {
-                format!(" ({} hashed)", human_bytes(s.bytes_hashed))
+                format!(" ({} hashed)", size(s.bytes_hashed))
             } else {
                 String::new()
             },
-            s.problems.len(),
+            count(s.problems.len(), "problem"),
             s.repaired
         );
     }
@@ -191,13 +196,16 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!("data directory: {}", config.storage.data_dir.display());
     println!(
-        "repositories: {} private, {} cached from mirrors; {} manifests, {} tags",
-        stats.private_repositories, stats.mirror_repositories, stats.manifests, stats.tags
+        "repositories: {} private, {} cached from mirrors; {}, {}",
+        stats.private_repositories,
+        stats.mirror_repositories,
+        count(stats.manifests, "manifest"),
+        count(stats.tags, "tag")
     );
     println!(
         "blobs: {} ({}); upload sessions open: {}; blob files awaiting deletion: {}",
         stats.blobs,
-        human_bytes(stats.blob_bytes),
+        size(stats.blob_bytes),
         stats.upload_sessions,
         stats.pending_byte_deletions
     );

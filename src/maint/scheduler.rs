@@ -11,6 +11,7 @@ use super::retention::Policy;
 use super::scrub::ScrubOptions;
 use super::{BYTES_DELAY, Maintenance};
 use crate::config::Config;
+use crate::human::{count, size};
 use crate::worker::{Job, Ran, RunContext, Schedule, Workers, job_fn};
 
 /// How often pull times are written.
@@ -90,27 +91,29 @@ impl Job for Scheduled {
             Task::Gc(opts) => {
                 let s = m.gc(opts, &progress).await?;
                 Ran::noted(format!(
-                    "deleted {} manifests, {} blob links, {} blobs ({})",
-                    s.manifests,
-                    s.links,
-                    s.blobs,
-                    bytesize::ByteSize(s.bytes)
+                    "deleted {}, {}, {} ({})",
+                    count(s.manifests, "manifest"),
+                    count(s.links, "blob link"),
+                    count(s.blobs, "blob"),
+                    size(s.bytes)
                 ))
             }
             Task::Retention(policies) => {
                 let s = m.retention(policies, false, &progress).await?;
                 Ran::noted(format!(
-                    "deleted {} tags and {} untagged manifests",
-                    s.tags_deleted, s.manifests_deleted
+                    "deleted {} and {}",
+                    count(s.tags_deleted, "tag"),
+                    count(s.manifests_deleted, "untagged manifest")
                 ))
             }
             Task::Scrub(opts) => {
                 let s = m.scrub(opts, &progress).await?;
                 match s.problems.len() {
-                    0 => Ran::noted(format!("{} blobs checked, no problem", s.blobs)),
+                    0 => Ran::noted(format!("{} checked, no problem", count(s.blobs, "blob"))),
                     n => Ran::noted(format!(
-                        "{} blobs checked, {n} problems found (see the run history)",
-                        s.blobs
+                        "{} checked, {} found (see the run history)",
+                        count(s.blobs, "blob"),
+                        count(n, "problem")
                     )),
                 }
             }

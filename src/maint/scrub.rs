@@ -89,7 +89,7 @@ impl Maintenance {
             m.scrub_checked.inc_by(s.manifests + s.references + s.blobs);
             m.scrub_repaired.inc_by(s.repaired);
             for p in &s.problems {
-                tracing::error!(kind = p.kind, digest = %p.digest, repository = ?p.repository,
+                tracing::error!(kind = p.kind, digest = %p.digest, repository = p.repository.as_deref().unwrap_or("-"),
                     detail = %p.detail, action = p.action, "scrub found a problem");
             }
         }

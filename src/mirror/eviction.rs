@@ -54,9 +54,10 @@ impl Mirrors {
                         Ok(match pass.evicted {
                             0 => Ran::done(),
                             n => Ran::noted(format!(
-                                "evicted {n} blobs ({} to {})",
-                                bytesize::ByteSize(pass.size_before),
-                                bytesize::ByteSize(pass.size_after)
+                                "evicted {} ({} to {})",
+                                crate::human::count(n, "blob"),
+                                crate::human::size(pass.size_before),
+                                crate::human::size(pass.size_after)
                             )),
                         })
                     }

@@ -219,7 +219,10 @@ impl Download {
                     Err(_) => Some((Err(std::io::Error::other("upstream body stalled")), body)),
                     Ok(None) => None,
                     Ok(Some(Err(e))) => Some((
-                        Err(std::io::Error::other(format!("upstream body cut off: {e}"))),
+                        Err(std::io::Error::other(format!(
+                            "upstream body cut off: {}",
+                            crate::human::error_chain(&e)
+                        ))),
                         body,
                     )),
                     Ok(Some(Ok(c))) => Some((Ok(c), body)),
@@ -258,7 +261,7 @@ impl Download {
                 e @ crate::store::StoreError::Unavailable(_) => {
                     UpstreamError::cache("cannot write cache", e)
                 }
-                e => UpstreamError::BadResponse(e.to_string()),
+                e => UpstreamError::BadResponse(crate::human::error_chain(&e)),
             })?;
         let (hasher, received) = {
             let s = hasher.lock();

@@ -144,6 +144,11 @@ impl Mirror {
         RepoName::in_mirror(&self.name, upstream)
     }
 
+    /// What the last request to the upstream found since the server started.
+    pub fn health(&self) -> upstream::Health {
+        self.upstream.health()
+    }
+
     /// Cached blob bytes allowed for this mirror, if limited.
     pub fn cache_budget(&self) -> Option<u64> {
         self.budget

@@ -12,6 +12,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
 use crate::config;
+use crate::human::error_chain;
 use crate::oci::media;
 
 /// Attempts for an idempotent request before giving up on connection errors or 5xx.
@@ -65,6 +66,33 @@ impl UpstreamError {
     }
 }
 
+/// What the last request to the upstream found, since the server started (the mirrors page shows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// No request has gone upstream yet: nothing is known, good or bad.
+    NotContacted,
+    /// The upstream answered (a `404` or `401` is an answer too), at this Unix time.
+    Answering { at: i64 },
+    /// The last request failed at this Unix time: unreachable, too slow, a server error, a rate limit or a bad
+    /// response, with the error's causes.
+    Failing { at: i64, error: String },
+}
+
+impl Health {
+    fn after(result: &Result<reqwest::Response, UpstreamError>) -> Health {
+        let at = crate::meta::now();
+        match result {
+            Ok(_) | Err(UpstreamError::NotFound(_) | UpstreamError::Denied(_)) => {
+                Health::Answering { at }
+            }
+            Err(e) => Health::Failing {
+                at,
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
 struct CachedToken {
     value: String,
     expires: Instant,
@@ -81,6 +109,7 @@ pub struct Upstream {
     basic_requested: AtomicBool,
     /// One token request per scope at a time; the others wait and reuse its result.
     token_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    health: parking_lot::Mutex<Health>,
 }
 
 /// Parameters of a `WWW-Authenticate: Bearer realm=…,service=…,scope=…` challenge.
@@ -133,7 +162,13 @@ impl Upstream {
             tokens: Default::default(),
             basic_requested: AtomicBool::new(false),
             token_locks: Default::default(),
+            health: parking_lot::Mutex::new(Health::NotContacted),
         })
+    }
+
+    /// What the last request found.
+    pub fn health(&self) -> Health {
+        self.health.lock().clone()
     }
 
     /// Drops a cached token, unless another request already replaced it.
@@ -186,7 +221,9 @@ impl Upstream {
         let resp = tokio::time::timeout(self.response_timeout, req.send())
             .await
             .map_err(|_| UpstreamError::Timeout("token endpoint".into()))?
-            .map_err(|e| UpstreamError::Unreachable(format!("token endpoint: {e}")))?;
+            .map_err(|e| {
+                UpstreamError::Unreachable(format!("token endpoint: {}", error_chain(&e)))
+            })?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -203,7 +240,7 @@ impl Upstream {
         let body = tokio::time::timeout(self.response_timeout, resp.bytes())
             .await
             .map_err(|_| UpstreamError::Timeout("token endpoint body".into()))?
-            .map_err(|e| UpstreamError::BadResponse(e.to_string()))?;
+            .map_err(|e| UpstreamError::BadResponse(error_chain(&e)))?;
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::BadResponse(format!("token response: {e}")))?;
         let value = t
@@ -241,15 +278,32 @@ impl Upstream {
                 "no response headers within {:?}",
                 self.response_timeout
             ))),
-            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(e.to_string())),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(e.to_string())),
+            // reqwest's own text is only "error sending request for url (…)"; why (connection refused, DNS, TLS)
+            // is in its sources.
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
 
     /// Sends an authenticated request for `path` (below `/v2/`) in repository `repo`, retrying transient failures.
-    /// Success means a 2xx response whose body has not been read yet.
+    /// Success means a 2xx response whose body has not been read yet. The outcome becomes the upstream's health.
     pub async fn request(
+        &self,
+        method: Method,
+        repo: &str,
+        path: &str,
+        accept: Option<&str>,
+        what: &'static str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let result = self
+            .request_with_retries(method, repo, path, accept, what)
+            .await;
+        *self.health.lock() = Health::after(&result);
+        result
+    }
+
+    async fn request_with_retries(
         &self,
         method: Method,
         repo: &str,
@@ -381,7 +435,9 @@ impl Upstream {
             let chunk = tokio::time::timeout(self.idle_timeout, resp.chunk())
                 .await
                 .map_err(|_| UpstreamError::Timeout("body stalled".into()))?
-                .map_err(|e| UpstreamError::BadResponse(format!("body cut off: {e}")))?;
+                .map_err(|e| {
+                    UpstreamError::BadResponse(format!("body cut off: {}", error_chain(&e)))
+                })?;
             match chunk {
                 Some(c) => {
                     buf.extend_from_slice(&c);

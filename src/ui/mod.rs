@@ -15,6 +15,7 @@ use crate::meta::maint::{RunRecord, StoreStats};
 use crate::meta::ui::{RepoRow, TagRow, UiStore};
 use crate::metrics::{MirrorLabels, MirrorName, metrics};
 use crate::mirror::Mirrors;
+use crate::mirror::upstream::Health;
 use crate::oci::{Digest, Reference, RepoName, media};
 use crate::registry::{Registry, RegistryError};
 use crate::worker::{WorkerStatus, Workers};
@@ -43,11 +44,12 @@ pub struct Listing<T> {
     pub next: Option<String>,
 }
 
-/// A tag row with the platforms of an index.
+/// A tag row with its platforms.
 #[derive(Debug, Clone)]
 pub struct TagView {
     pub row: TagRow,
-    /// `os/arch[/variant]` of each child of an index; empty for a single-platform image.
+    /// `os/arch[/variant]` of each child of an index, or of a single image as its config says (what its manifest
+    /// page shows); empty when unknown (an artifact, a config not stored or too large).
     pub platforms: Vec<String>,
 }
 
@@ -115,6 +117,8 @@ pub struct MirrorView {
     pub upstream_bytes: u64,
     pub cache_bytes: u64,
     pub budget: Option<u64>,
+    /// What the last upstream request found.
+    pub health: Health,
 }
 
 impl MirrorView {
@@ -286,7 +290,10 @@ impl Ui {
             let platforms = if is_index(&row.media_type) {
                 self.index_platforms(&row.digest).await
             } else {
-                Vec::new()
+                self.image_platform(repo, &row.digest)
+                    .await?
+                    .into_iter()
+                    .collect()
             };
             views.push(TagView { row, platforms });
         }
@@ -321,6 +328,25 @@ impl Ui {
             .unwrap_or_default()
     }
 
+    /// The platform of a single image, from its config blob as the manifest page reads it.
+    async fn image_platform(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<String>, RegistryError> {
+        let Some(b) = self.verified_bytes(d).await else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+        let Some(config) = v.get("config").map(descriptor) else {
+            return Ok(None);
+        };
+        Ok(self
+            .config_view(repo, &config)
+            .await?
+            .and_then(|c| c.platform))
+    }
+
     /// A manifest by tag or digest; `None` when there is no such manifest.
     pub async fn manifest(
         &self,
@@ -342,8 +368,8 @@ impl Ui {
         };
         let config = v.get("config").map(descriptor);
         let config_fields = match &config {
-            Some(c) if c.size <= MAX_CONFIG_BYTES => self.config_fields(repo, &c.digest).await?,
-            _ => None,
+            Some(c) => self.config_view(repo, c).await?,
+            None => None,
         };
         let list = |k: &str| -> Vec<Descriptor> {
             v[k].as_array()
@@ -386,6 +412,18 @@ impl Ui {
             mirror,
             digest: rec.digest,
         }))
+    }
+
+    /// The fields of the config a manifest names, unless it is too large to parse for display.
+    async fn config_view(
+        &self,
+        repo: &RepoName,
+        config: &Descriptor,
+    ) -> Result<Option<ConfigView>, RegistryError> {
+        if config.size > MAX_CONFIG_BYTES {
+            return Ok(None);
+        }
+        self.config_fields(repo, &config.digest).await
     }
 
     /// The config's fields, if the blob is present in the repository and hashes right.
@@ -463,6 +501,7 @@ impl Ui {
                 upstream_bytes,
                 cache_bytes,
                 budget: mirror.cache_budget(),
+                health: mirror.health(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -5,11 +5,15 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::{Descriptor, Listing, MaintenanceView, ManifestView, MirrorView, TagView};
+use crate::human::count;
 use crate::maint::retention::RetentionSummary;
 use crate::meta::ui::RepoRow;
+use crate::mirror::upstream::Health;
 
 pub const CSS: &str = include_str!("berth.css");
 pub const JS: &str = include_str!("berth.js");
+/// The tab icon (a ship carrying containers), also answered at `/favicon.ico`, where browsers look when a page names none.
+pub const FAVICON: &str = include_str!("favicon.svg");
 
 /// Who the page is rendered for.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +36,7 @@ pub fn time(secs: i64) -> String {
 }
 
 pub fn bytes(n: u64) -> String {
-    bytesize::ByteSize(n).to_string()
+    crate::human::size(n)
 }
 
 fn short(d: &str) -> &str {
@@ -60,6 +64,7 @@ fn layout(ctx: &Ctx, title: &str, body: Markup) -> String {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · berth" }
+                link rel="icon" type="image/svg+xml" href="/ui/static/favicon.svg";
                 link rel="stylesheet" href="/ui/static/berth.css";
                 script src="/ui/static/berth.js" defer {}
             }
@@ -163,7 +168,7 @@ pub fn tags(ctx: &Ctx, p: &TagsPage<'_>) -> String {
         p.repo,
         html! {
             h1 { (p.repo) @if let Some(m) = p.mirror { " " span.badge { "mirror " (m) " (read-only)" } } }
-            p.count { (p.total) " tags" }
+            p.count { (count(p.total, "tag")) }
             form.search method="get" action="/ui/tags" {
                 input type="hidden" name="repo" value=(p.repo);
                 input #tag-search name="q" type="search" placeholder="Filter tags" value=(p.search);
@@ -335,9 +340,17 @@ pub fn mirrors(ctx: &Ctx, rows: &[MirrorView]) -> String {
                                     br; small { (m.from_cache) " cached / " (m.from_upstream) " upstream reads" } }
                                 td.num { (bytes(m.served_bytes)) }
                                 td.num { (bytes(m.upstream_bytes)) }
-                                td {
-                                    @if m.errors == 0 && m.stale == 0 { span.ok { "ok" } }
-                                    @else { span.warn { (m.errors) " errors, " (m.stale) " stale answers" } }
+                                td.health {
+                                    @match &m.health {
+                                        Health::NotContacted => span.idle { "not contacted yet" },
+                                        Health::Answering { .. } => span.ok { "ok" },
+                                        Health::Failing { at, error } => span.warn {
+                                            "last request failed (" (time(*at)) "): " (error)
+                                        },
+                                    }
+                                    @if m.errors > 0 || m.stale > 0 {
+                                        br; small { (count(m.errors, "error")) ", " (count(m.stale, "stale answer")) }
+                                    }
                                 }
                                 td.num {
                                     (bytes(m.cache_bytes)) " / "
