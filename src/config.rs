@@ -443,6 +443,9 @@ pub struct Limits {
     /// many and a `Link` header to the next page, as the distribution spec allows; without `n` a tag list is
     /// still whole.
     pub max_page_size: usize,
+    /// Most upload sessions one principal (a user; all anonymous callers count as one) may have open at once.
+    /// Opening one more is refused with `429 TOOMANYREQUESTS` until one is finished, cancelled or expires.
+    pub max_upload_sessions_per_principal: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -555,6 +558,7 @@ impl Default for Limits {
             max_manifest_size: ByteSize::mib(4),
             upload_expiry: Duration::from_secs(24 * 3600),
             max_page_size: 1000,
+            max_upload_sessions_per_principal: 100,
         }
     }
 }
@@ -778,6 +782,9 @@ max_manifest_size = "4.0 MiB"
 upload_expiry = "24h"
 # Most entries in one page of /v2/_catalog or a tag list: a larger ?n= gets this many and a Link to the rest.
 max_page_size = 1000
+# Most open upload sessions per user (all anonymous callers count as one); one more gets 429 TOOMANYREQUESTS
+# until a session is finished, cancelled or expires.
+max_upload_sessions_per_principal = 100
 
 [log]
 # "human" or "json" (one object per line).
@@ -1064,6 +1071,11 @@ impl Config {
         if self.limits.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_page_size must be positive".into(),
+            ));
+        }
+        if self.limits.max_upload_sessions_per_principal == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_upload_sessions_per_principal must be positive".into(),
             ));
         }
         if self.server.max_connections == 0 {

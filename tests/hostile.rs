@@ -195,3 +195,110 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     );
     drop(held);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Upload sessions per principal
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `POST` a new upload session as `auth` (anonymous when `None`): status, `Location`, body.
+async fn open_session(base: &str, repo: &str, auth: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut req = fresh_client().post(format!("{base}/v2/{repo}/blobs/uploads/"));
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let r = req.send().await.expect("POST upload");
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, location, r.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn upload_sessions_over_the_per_principal_limit_are_429_until_one_closes() {
+    let b = berth_with_config("[limits]\nmax_upload_sessions_per_principal = 3\n");
+    let base = b.url();
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let (status, location, _) = open_session(&base, "lim/app", None).await;
+        assert_eq!(status, 202, "session {i} under the limit");
+        open.push(location);
+    }
+    for repo in ["lim/app", "lim/other"] {
+        let (status, _, body) = open_session(&base, repo, None).await;
+        assert_eq!(status, 429, "a fourth session (in {repo})");
+        assert_eq!(error_code(&body), "TOOMANYREQUESTS");
+        let message = error_message(&body);
+        assert!(
+            message.contains("max_upload_sessions_per_principal") && message.contains('3'),
+            "the refusal names the limit: {message}"
+        );
+    }
+
+    // Cancelling a session frees its slot.
+    let r = fresh_client()
+        .delete(format!("{base}{}", open.remove(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, location, _) = open_session(&base, "lim/app", None).await;
+    assert_eq!(status, 202, "a session after one was cancelled");
+    open.push(location);
+    assert_eq!(open_session(&base, "lim/app", None).await.0, 429);
+
+    // So does finishing one.
+    let data = b"a finished upload".to_vec();
+    let loc = open.remove(0);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = fresh_client()
+        .put(format!("{base}{loc}{sep}digest={}", sha256_digest(&data)))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        open_session(&base, "lim/app", None).await.0,
+        202,
+        "after one was finished"
+    );
+    assert_eq!(open_session(&base, "lim/app", None).await.0, 429);
+}
+
+#[tokio::test]
+async fn upload_session_limit_counts_each_user_apart() {
+    let (_cfg, path) = config_file("[limits]\nmax_upload_sessions_per_principal = 2\n");
+    let b = Berth::start_secure(&["--config", &path]);
+    let base = b.url();
+    let admin = basic("admin", ADMIN_PASSWORD);
+    for user in ["alice", "bob"] {
+        let r = fresh_client()
+            .post(format!("{base}/api/v1/users"))
+            .header("Authorization", &admin)
+            .json(&json!({"name": user, "password": format!("{user}-pw")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "create {user}");
+    }
+    let (alice, bob) = (basic("alice", "alice-pw"), basic("bob", "bob-pw"));
+    for _ in 0..2 {
+        assert_eq!(open_session(&base, "alice/app", Some(&alice)).await.0, 202);
+    }
+    let (status, _, body) = open_session(&base, "alice/app", Some(&alice)).await;
+    assert_eq!(status, 429);
+    assert!(
+        error_message(&body).contains("alice"),
+        "{}",
+        error_message(&body)
+    );
+    assert_eq!(
+        open_session(&base, "bob/app", Some(&bob)).await.0,
+        202,
+        "another user's sessions do not count against alice's"
+    );
+}

@@ -601,7 +601,13 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
             .map_err(|e| RegistryError::DigestInvalid(e.to_string()))?,
         None => Algorithm::Sha256,
     };
-    let st = reg.start_upload(repo, algorithm).await?;
+    // Sessions count against the caller that opens them; `bind_upload` (in `dispatch`) records the same principal.
+    let principal = req
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.principal().to_owned())
+        .unwrap_or_default();
+    let st = reg.start_upload(repo, algorithm, &principal).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
 }
 

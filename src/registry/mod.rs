@@ -28,6 +28,8 @@ pub struct Limits {
     pub upload_expiry: Duration,
     /// Most entries one page of the catalog or a tag list holds, whatever `n` the client asks for.
     pub max_page_size: usize,
+    /// Most upload sessions one principal may have open at once.
+    pub max_upload_sessions_per_principal: usize,
 }
 
 /// Distinct pulled manifests remembered between flushes; beyond this, pulls go unrecorded until the next flush.
@@ -38,6 +40,7 @@ pub struct Registry {
     meta: Arc<dyn MetadataStore>,
     limits: Limits,
     uploads: uploads::UploadStates,
+    session_counts: uploads::SessionCounts,
     manifests: ManifestCache,
     digest_locks: DigestLocks,
     /// Manifests pulled since the last flush; see `flush_pulls`.
@@ -93,6 +96,7 @@ impl Registry {
         Registry {
             blobs,
             meta,
+            session_counts: uploads::SessionCounts::new(limits.max_upload_sessions_per_principal),
             limits,
             uploads: Default::default(),
             manifests: ManifestCache::new(64 << 20),
@@ -318,6 +322,7 @@ impl Registry {
             self.meta.delete_upload(id).await?;
             self.blobs.delete_upload(id).await?;
             self.uploads.forget(id);
+            self.session_counts.remove(id);
         }
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "expired stale upload sessions");
