@@ -302,3 +302,172 @@ async fn upload_session_limit_counts_each_user_apart() {
         "another user's sessions do not count against alice's"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bodies over their limit
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What came of sending an endless chunked body.
+struct Cut {
+    status: u16,
+    body: Vec<u8>,
+    /// Body bytes the client had handed to its socket when the response arrived.
+    sent_at_response: usize,
+    /// Body bytes handed to the socket by the time the server stopped reading (the client's writes failed or
+    /// blocked for good).
+    sent: usize,
+}
+
+const TOTAL: usize = 100 << 20;
+/// How far past a limit the client may get: what the server read (the limit plus one read buffer) plus the two
+/// kernel socket buffers on loopback (a few MiB each), far below the 100 MiB the client would send.
+const MAX_SENT: usize = 24 << 20;
+
+/// Sends `head` (request line and headers, without the final blank line) and a 100 MiB chunked body, reading the
+/// response while writing, as RFC 9112 asks of clients; stops when the server stops reading.
+async fn send_100mib_chunked(port: u16, head: &str) -> Cut {
+    let s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let request = format!("{head}\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        const CHUNK: usize = 64 << 10;
+        let framed = [
+            format!("{CHUNK:x}\r\n").into_bytes(),
+            vec![b' '; CHUNK],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        if wr.write_all(request.as_bytes()).await.is_err() {
+            return;
+        }
+        while counter.load(Ordering::SeqCst) < TOTAL {
+            if wr.write_all(&framed).await.is_err() {
+                return;
+            }
+            counter.fetch_add(CHUNK, Ordering::SeqCst);
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+    });
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    let mut sent_at_response = None;
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sent_at_response.get_or_insert_with(|| sent.load(Ordering::SeqCst));
+                    buf.extend_from_slice(&chunk[..n]);
+                    if response_complete(&buf) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no response within 60 s to {head}");
+    // The server has answered; give the writer time to find out that nobody reads any more.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut last = sent.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = sent.load(Ordering::SeqCst);
+            if writer.is_finished() || now == last {
+                return;
+            }
+            last = now;
+        }
+    })
+    .await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in the response to {head}: {text:?}"));
+    let body = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => buf[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    Cut {
+        status,
+        body,
+        sent_at_response: sent_at_response.unwrap_or(usize::MAX),
+        sent: sent.load(Ordering::SeqCst),
+    }
+}
+
+/// Whether `buf` holds a response's headers and its whole `Content-Length` body.
+fn response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    buf.len() >= end + 4 + len
+}
+
+fn assert_cut_off(what: &str, cut: &Cut) {
+    assert!(
+        cut.sent_at_response <= MAX_SENT,
+        "{what}: the response came only after {} MiB of the body",
+        cut.sent_at_response >> 20
+    );
+    assert!(
+        cut.sent <= MAX_SENT,
+        "{what}: the server went on reading after it answered ({} MiB sent)",
+        cut.sent >> 20
+    );
+}
+
+#[tokio::test]
+async fn chunked_bodies_over_their_limit_are_refused_as_soon_as_they_cross_it() {
+    let b = Berth::start_secure(&[]);
+    let admin = basic("admin", ADMIN_PASSWORD);
+
+    // A manifest over limits.max_manifest_size (4 MiB).
+    let cut = send_100mib_chunked(
+        b.port,
+        &format!(
+            "PUT /v2/big/app/manifests/latest HTTP/1.1\r\nAuthorization: {admin}\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json"
+        ),
+    )
+    .await;
+    assert_eq!(cut.status, 413, "{}", String::from_utf8_lossy(&cut.body));
+    assert_eq!(error_code(&cut.body), "SIZE_INVALID");
+    assert_cut_off("manifest PUT", &cut);
+
+    // A JSON body of the admin API (64 KiB limit).
+    let cut = send_100mib_chunked(
+        b.port,
+        &format!("POST /api/v1/users HTTP/1.1\r\nAuthorization: {admin}\r\nContent-Type: application/json"),
+    )
+    .await;
+    assert_eq!(cut.status, 413, "{}", String::from_utf8_lossy(&cut.body));
+    assert_eq!(error_code(&cut.body), "SIZE_INVALID");
+    assert_cut_off("admin API POST", &cut);
+
+    // The token endpoint reads no body at all.
+    let cut = send_100mib_chunked(b.port, "GET /token?service=berth HTTP/1.1").await;
+    assert_eq!(cut.status, 200, "{}", String::from_utf8_lossy(&cut.body));
+    assert_cut_off("token GET", &cut);
+
+    // And the server is fine.
+    let r = fresh_client()
+        .get(format!("{}/healthz", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
