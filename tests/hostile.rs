@@ -471,3 +471,187 @@ async fn chunked_bodies_over_their_limit_are_refused_as_soon_as_they_cross_it() 
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Damaged storage
+// ---------------------------------------------------------------------------------------------------------------
+
+async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
+    let d = sha256_digest(data);
+    let r = fresh_client()
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "push {d}");
+    d
+}
+
+async fn damaged_count(base: &str) -> f64 {
+    common::metric_sample(
+        &common::metrics_text(base).await,
+        "berth_blobs_damaged_total",
+    )
+}
+
+/// HEAD, whole GET and ranged GET of a damaged blob: a `500` naming only the request id, never `200`/`206`.
+async fn assert_refused_cleanly(base: &str, url: &str, what: &str) {
+    let before = damaged_count(base).await;
+    let client = fresh_client();
+    let r = client.head(url).send().await.unwrap();
+    assert_eq!(r.status(), 500, "HEAD of a {what} blob");
+    for range in [None, Some("bytes=0-9")] {
+        let mut req = client.get(url);
+        if let Some(range) = range {
+            req = req.header("Range", range);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 500, "GET (range {range:?}) of a {what} blob");
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = r.bytes().await.unwrap();
+        let v: Value = serde_json::from_slice(&body).expect("an OCI error body");
+        assert_eq!(v["errors"][0]["code"], "UNKNOWN");
+        assert_eq!(v["errors"][0]["detail"]["request_id"], id.as_str());
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("blobs/") && !text.contains("sha256:"),
+            "{text}"
+        );
+    }
+    let after = damaged_count(base).await;
+    assert!(
+        after >= before + 3.0,
+        "berth_blobs_damaged_total went from {before} to {after}"
+    );
+}
+
+#[tokio::test]
+async fn truncated_or_removed_blob_files_are_never_answered_200_or_206() {
+    let b = Berth::start();
+    let base = b.url();
+    let truncated = random_bytes(31, 200_000);
+    let removed = random_bytes(33, 200_000);
+    let dt = push_blob(&base, "dmg/app", &truncated).await;
+    let dr = push_blob(&base, "dmg/app", &removed).await;
+    for d in [&dt, &dr] {
+        let r = fresh_client()
+            .head(format!("{base}/v2/dmg/app/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "intact blob");
+    }
+    // Half the bytes are left: a range inside them would still be readable.
+    common::overwrite_blob(&b.data_dir, &dt, &truncated[..truncated.len() / 2]);
+    common::remove_blob(&b.data_dir, &dr);
+    assert_refused_cleanly(&base, &format!("{base}/v2/dmg/app/blobs/{dt}"), "truncated").await;
+    assert_refused_cleanly(&base, &format!("{base}/v2/dmg/app/blobs/{dr}"), "removed").await;
+}
+
+/// GETs a mirrored blob through berth and checks every byte.
+async fn pull_whole(base: &str, d: &str, data: &[u8]) {
+    let r = fresh_client()
+        .get(format!("{base}/v2/up/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "pull {d}");
+    let body = r.bytes().await.unwrap();
+    assert!(
+        body[..] == data[..],
+        "pull {d}: {} bytes, not the blob's {}",
+        body.len(),
+        data.len()
+    );
+}
+
+/// Waits until berth answers a HEAD of the blob from its cache (the upstream sees no HEAD for it).
+async fn wait_cached(up: &Upstream, base: &str, d: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let path = format!("/v2/team/app/blobs/{d}");
+    loop {
+        let heads = up.count("HEAD", &path);
+        let r = fresh_client()
+            .head(format!("{base}/v2/up/team/app/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 && up.count("HEAD", &path) == heads {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{d} was not cached within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn mirror_fetches_a_damaged_cached_blob_again_and_serves_it_whole() {
+    let up = Upstream::start();
+    let data = random_bytes(41, 300_000);
+    let d = up.put_blob(data.clone());
+    let berth = berth_mirroring(&up, "up", &[]);
+    let base = berth.url();
+    pull_whole(&base, &d, &data).await;
+    wait_cached(&up, &base, &d).await;
+    assert_eq!(up.blob_gets("team/app", &d), 1);
+
+    // Truncated: a HEAD is answered with the whole blob's size (from the upstream), a GET fetches it again.
+    common::overwrite_blob(&berth.data_dir, &d, &data[..1000]);
+    let r = fresh_client()
+        .head(format!("{base}/v2/up/team/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "HEAD of a truncated cached blob");
+    assert_eq!(
+        r.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some(data.len().to_string().as_str())
+    );
+    pull_whole(&base, &d, &data).await;
+    assert_eq!(
+        up.blob_gets("team/app", &d),
+        2,
+        "fetched again after truncation"
+    );
+    wait_cached(&up, &base, &d).await;
+    assert_eq!(
+        common::read_blob(&berth.data_dir, &d).as_deref(),
+        Some(&data[..])
+    );
+
+    // Removed: a ranged GET is a miss again, answered whole or with the right range, never a 500.
+    common::remove_blob(&berth.data_dir, &d);
+    let r = fresh_client()
+        .get(format!("{base}/v2/up/team/app/blobs/{d}"))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap();
+    match status {
+        206 => assert_eq!(&body[..], &data[..10]),
+        200 => assert!(body[..] == data[..], "a whole body of {} bytes", body.len()),
+        s => panic!("ranged GET of a removed cached blob: {s}"),
+    }
+    assert_eq!(
+        up.blob_gets("team/app", &d),
+        3,
+        "fetched again after removal"
+    );
+    wait_cached(&up, &base, &d).await;
+    pull_whole(&base, &d, &data).await;
+    assert_eq!(
+        up.blob_gets("team/app", &d),
+        3,
+        "served from the repaired cache"
+    );
+}
