@@ -185,6 +185,16 @@ pub struct Server {
     /// the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers, counted from when the server starts waiting for
+    /// them (a new connection's first request, or the next request on a kept-alive one). Slower clients are
+    /// disconnected, so connections that drip their headers, or send nothing at all, cannot pile up. It is also how
+    /// long a kept-alive connection may sit idle, hence longer than a slow-client guard alone would need.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most client connections served at once, over all registry listeners (plain, HTTPS, mirror listeners;
+    /// the metrics listeners have as many again of their own). Connections beyond it wait in the kernel's
+    /// accept queue until one closes, rather than being refused.
+    pub max_connections: usize,
     /// HTTPS listeners (`[server.tls]`); the plain `listen` addresses stay available, e.g. for loopback or a proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
@@ -434,6 +444,9 @@ pub struct Limits {
     /// many and a `Link` header to the next page, as the distribution spec allows; without `n` a tag list is
     /// still whole.
     pub max_page_size: usize,
+    /// Most upload sessions one principal (a user; all anonymous callers count as one) may have open at once.
+    /// Opening one more is refused with `429 TOOMANYREQUESTS` until one is finished, cancelled or expires.
+    pub max_upload_sessions_per_principal: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -487,6 +500,8 @@ impl Default for Server {
             mirror_listener: Vec::new(),
             metrics_listen: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
             tls: None,
         }
     }
@@ -572,6 +587,7 @@ impl Default for Limits {
             max_manifest_size: ByteSize::mib(4),
             upload_expiry: Duration::from_secs(24 * 3600),
             max_page_size: 1000,
+            max_upload_sessions_per_principal: 100,
         }
     }
 }
@@ -724,6 +740,12 @@ pub const DEFAULT_TOML: &str = r#"# berth configuration. Every key is optional; 
 listen = ["0.0.0.0:5000", "[::]:5000"]
 # After SIGTERM/SIGINT, in-flight requests get this long to finish and background workers to stop.
 shutdown_timeout = "30s"
+# A client that takes longer than this to send a request's headers (or, on a kept-alive connection, to start
+# its next request) is disconnected, so slow or silent connections cannot pile up.
+header_read_timeout = "30s"
+# Most client connections served at once over all registry listeners; more wait in the kernel's accept queue
+# until one closes (metrics listeners have as many again of their own).
+max_connections = 1024
 # Extra listeners where one mirror answers at the registry root, for Docker's "registry-mirrors"
 # (Docker only mirrors Docker Hub, and only at the root). For example:
 # [[server.mirror_listener]]
@@ -790,6 +812,9 @@ max_manifest_size = "4.0 MiB"
 upload_expiry = "24h"
 # Most entries in one page of /v2/_catalog or a tag list: a larger ?n= gets this many and a Link to the rest.
 max_page_size = 1000
+# Most open upload sessions per user (all anonymous callers count as one); one more gets 429 TOOMANYREQUESTS
+# until a session is finished, cancelled or expires.
+max_upload_sessions_per_principal = 100
 
 [log]
 # "human" or "json" (one object per line).
@@ -1078,6 +1103,21 @@ impl Config {
         if self.limits.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_page_size must be positive".into(),
+            ));
+        }
+        if self.limits.max_upload_sessions_per_principal == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_upload_sessions_per_principal must be positive".into(),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections must be positive".into(),
+            ));
+        }
+        if self.server.header_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "server.header_read_timeout must be positive".into(),
             ));
         }
         if self.limits.max_manifest_size.as_u64() == 0 {

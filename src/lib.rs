@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod human;
 pub mod maint;

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::stores::{Opened, lock_data_dir, open, open_auth};
+use crate::connections::{self, ConnectionLimits};
 
 /// How often expired upload sessions are looked for.
 const UPLOAD_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
@@ -192,7 +193,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("invalid listen address {l:?}"))?;
         match bind(addr) {
-            Ok(listener) => listeners.push((addr, listener, crate::http::router(state))),
+            Ok(listener) => listeners.push((addr, listener, crate::http::router(state), false)),
             // A host without IPv6 still serves on IPv4 with the default config.
             Err(e) if addr.is_ipv6() && config.server.listen.len() > 1 => {
                 tracing::warn!(%addr, error = %e, "cannot listen on IPv6 address; continuing without it")
@@ -206,39 +207,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("invalid metrics listen address {l:?}"))?;
         let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push((addr, listener, crate::http::ops_router(state.clone())));
+        listeners.push((addr, listener, crate::http::ops_router(state.clone()), true));
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // One connection limit for every registry listener; the metrics listeners get their own, so probes and
+    // scrapes still get through while clients hold every registry slot.
+    let server = &config.server;
+    let client_limits = ConnectionLimits::new(server.header_read_timeout, server.max_connections);
+    let ops_limits = ConnectionLimits::new(server.header_read_timeout, server.max_connections);
     let mut servers = tokio::task::JoinSet::new();
-    for (addr, listener, app) in listeners {
+    for (addr, listener, app, ops) in listeners {
         tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "berth listening");
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let limits = if ops { &ops_limits } else { &client_limits };
+        servers.spawn(connections::serve(
+            listener,
+            app,
+            limits.clone(),
+            stop_rx.clone(),
+        ));
     }
     for (addr, listener, app) in tls_listeners {
-        use axum::serve::ListenerExt;
         tracing::info!(%addr, "berth listening (https)");
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(
-                listener.tap_io(|_| {}),
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        servers.spawn(connections::serve(
+            listener,
+            app,
+            client_limits.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let listener_failed = tokio::select! {
@@ -253,8 +249,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drain = async {
         while let Some(res) = servers.join_next().await {
-            if let Ok(Err(e)) = res {
-                tracing::warn!(error = %e, "listener ended with an error");
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "listener task failed");
             }
         }
     };
@@ -271,8 +267,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot record pull times");
     }
     if let Some(res) = listener_failed {
-        res.context("listener task failed")?
-            .context("listener failed")?;
+        res.context("listener task failed")?;
+        anyhow::bail!("a listener stopped accepting connections");
     }
     // The last line of a clean stop: what a log reader (or an operator's `journalctl`) checks for.
     tracing::info!("berth stopped");

@@ -123,6 +123,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         max_manifest_size: config.limits.max_manifest_size.as_u64(),
         upload_expiry: config.limits.upload_expiry,
         max_page_size: config.limits.max_page_size,
+        max_upload_sessions_per_principal: config.limits.max_upload_sessions_per_principal,
     };
     let mut registry =
         Registry::new(blobs, meta.clone(), limits).with_lock_file(dir.join("digest.locks"));

@@ -105,15 +105,31 @@ async fn admin(
     Ok(caller)
 }
 
+/// Largest JSON body the admin API reads; its requests are a few hundred bytes.
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// Reads and parses a JSON body, reading no further than [`MAX_JSON_BODY`] whatever the body declares (chunked
+/// or not): a longer one is refused as soon as it crosses the limit, and hyper closes the connection instead of
+/// reading the rest.
 async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
-    let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
         .await
-        .map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                "body too large or unreadable",
-            )
+        .map_err(|e| {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "SIZE_INVALID",
+                    &format!("the request body is over the {MAX_JSON_BODY}-byte limit"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID",
+                    "the request body was not received whole",
+                )
+            }
         })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         error(

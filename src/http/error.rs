@@ -102,7 +102,7 @@ impl RegistryError {
             Upstream(_) => ("UNKNOWN", StatusCode::BAD_GATEWAY),
             UpstreamTimeout(_) => ("UNKNOWN", StatusCode::GATEWAY_TIMEOUT),
             Unavailable { .. } => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
-            Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
+            Internal(_) | Damaged(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 
@@ -115,7 +115,7 @@ impl RegistryError {
             }
             ManifestTooLarge { size, limit } => serde_json::json!({ "size": size, "limit": limit }),
             UploadOutOfOrder { offset } => serde_json::json!({ "offset": offset }),
-            Internal(_) => serde_json::json!({ "request_id": request_id }),
+            Internal(_) | Damaged(_) => serde_json::json!({ "request_id": request_id }),
             _ => serde_json::Value::Null,
         }
     }
@@ -125,6 +125,10 @@ impl RegistryError {
         match self {
             RegistryError::Internal(detail) => {
                 tracing::error!(id = request_id, error = detail, "request failed");
+                internal_message(request_id)
+            }
+            e @ RegistryError::Damaged(_) => {
+                tracing::error!(id = request_id, error = %e, "request failed");
                 internal_message(request_id)
             }
             RegistryError::Unavailable { message, detail } => {
@@ -205,6 +209,22 @@ mod tests {
         assert!(body.contains("req-42"), "{body}");
         assert!(
             !body.contains("SELECT") && !body.contains("/var/lib"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_blob_body_names_only_the_request_id() {
+        let d: crate::oci::Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let r = with_request_id("req-7".into(), async {
+            RegistryError::Damaged(d).into_response()
+        })
+        .await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_text(r).await;
+        assert!(body.contains("UNKNOWN") && body.contains("req-7"), "{body}");
+        assert!(
+            !body.contains("aaaa") && !body.contains("damaged"),
             "{body}"
         );
     }

@@ -34,9 +34,6 @@ const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
-/// How much of an oversized manifest body is read (and discarded) so the client gets to see the 413.
-const OVERSIZE_DRAIN_LIMIT: u64 = 64 << 20;
-
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Builds the application router.
@@ -601,7 +598,13 @@ async fn start_upload(reg: &Registry, repo: &RepoName, req: Request) -> Result<R
             .map_err(|e| RegistryError::DigestInvalid(e.to_string()))?,
         None => Algorithm::Sha256,
     };
-    let st = reg.start_upload(repo, algorithm).await?;
+    // Sessions count against the caller that opens them; `bind_upload` (in `dispatch`) records the same principal.
+    let principal = req
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.principal().to_owned())
+        .unwrap_or_default();
+    let st = reg.start_upload(repo, algorithm, &principal).await?;
     Ok(upload_response(StatusCode::ACCEPTED, repo, &st))
 }
 
@@ -787,9 +790,12 @@ async fn put_manifest(
     let limit = reg.max_manifest_size();
     let declared =
         header_str(req.headers(), &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|&d| d > OVERSIZE_DRAIN_LIMIT) {
+    if let Some(size) = declared.filter(|&d| d > limit) {
         return Err(RegistryError::ManifestTooLarge { size, limit });
     }
+    // Read no further than the limit, declared length or not: a chunked body of any size costs at most the limit
+    // plus one read buffer. hyper then closes the connection instead of reading the rest, so a client that only
+    // reads the response once its body is sent may see the connection reset rather than the 413.
     let mut body = req.into_body().into_data_stream();
     let mut bytes = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -798,17 +804,8 @@ async fn put_manifest(
         })?;
         bytes.extend_from_slice(&chunk);
         if bytes.len() as u64 > limit {
-            // Most clients only read the response once their body is sent, so a moderately oversized body is
-            // drained to let them see the 413 rather than a broken pipe; a huge one is cut off.
-            let mut seen = bytes.len() as u64;
-            while seen <= OVERSIZE_DRAIN_LIMIT {
-                match body.next().await {
-                    Some(Ok(c)) => seen += c.len() as u64,
-                    _ => break,
-                }
-            }
             return Err(RegistryError::ManifestTooLarge {
-                size: declared.unwrap_or(seen).max(seen),
+                size: bytes.len() as u64,
                 limit,
             });
         }

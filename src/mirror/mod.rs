@@ -462,12 +462,28 @@ impl Mirrors {
         if let Some(len) = cached {
             m.touched.lock().insert(digest.clone());
             if head {
-                return Ok((MirrorBlob::Head { len }, "hit"));
+                match self.registry.check_stored(digest, len).await {
+                    Ok(()) => return Ok((MirrorBlob::Head { len }, "hit")),
+                    Err(e @ RegistryError::Damaged(_)) => {
+                        if !self.drop_damaged(m, &repo, digest).await? {
+                            return Err(e);
+                        }
+                        return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let dl = match self.registry.open_blob(&repo, digest, range).await {
                 Ok(dl) => dl,
                 // Evicted between the look-up and the open (another task, or another replica): a miss after all.
                 Err(RegistryError::BlobUnknown(_)) => {
+                    return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
+                }
+                // Truncated or removed behind berth's back: dropped from the cache, so a miss again.
+                Err(e @ RegistryError::Damaged(_)) => {
+                    if !self.drop_damaged(m, &repo, digest).await? {
+                        return Err(e);
+                    }
                     return Box::pin(self.blob_inner(m, raw_name, digest, range, head)).await;
                 }
                 Err(e) => return Err(e),
@@ -573,6 +589,40 @@ impl Mirrors {
                 }
             }
         }
+    }
+
+    /// Drops a cached blob whose bytes are damaged (missing, or not of the recorded size) from the mirror's cache,
+    /// so that this request fetches it again, as after an eviction: the same repair the scrubber makes. Its links
+    /// go in one transaction (with a tombstone), then its bytes, under the digest lock and only if no row points
+    /// at them any more. `false` when a private repository links the blob, which is then only reported
+    /// (published content is never removed by a repair, invariant 8).
+    async fn drop_damaged(
+        &self,
+        m: &Mirror,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let meta = self.registry.metadata_store();
+        let blobs = self.registry.blob_store();
+        // Another request may have dropped and fetched it again meanwhile: then it is whole now.
+        if let Some(size) = meta.repo_blob(repo, digest).await?
+            && blobs.stat(digest).await? == Some(size)
+        {
+            return Ok(true);
+        }
+        if meta.evict_mirror_blob(&m.name, digest).await? == crate::meta::Eviction::Kept {
+            // Linked by private content, or gone already (dropped by another request): a miss only then.
+            return Ok(meta.repo_blob(repo, digest).await?.is_none());
+        }
+        {
+            // As the tombstones worker does: a re-fetch that committed its row meanwhile keeps its bytes.
+            let _held = self.registry.lock_digest(digest).await;
+            if !meta.blob_exists(digest).await? {
+                blobs.delete(digest).await?;
+            }
+        }
+        tracing::warn!(mirror = %m.name, %digest, "dropped a damaged cached blob; fetching it again");
+        Ok(true)
     }
 
     /// The download in flight for `digest`, or a new one; `true` when this call started it.

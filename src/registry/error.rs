@@ -72,6 +72,11 @@ pub enum RegistryError {
     /// A query parameter no stored entry can match and no store can be asked about (a NUL byte in `last`).
     #[error("invalid query parameter: {0}")]
     QueryInvalid(String),
+    /// The metadata records a blob whose bytes are missing, or not of the recorded size, in the blob store
+    /// (changed behind berth's back). A `500` like [`RegistryError::Internal`]; a mirror fetches such a blob
+    /// again instead.
+    #[error("stored data for {0} is damaged")]
+    Damaged(Digest),
     /// A failure of berth or its stores that the client cannot act on. The text is for the log only: the client
     /// is told the request id under which it was logged.
     #[error("internal error: {0}")]

@@ -28,6 +28,8 @@ pub struct Limits {
     pub upload_expiry: Duration,
     /// Most entries one page of the catalog or a tag list holds, whatever `n` the client asks for.
     pub max_page_size: usize,
+    /// Most upload sessions one principal may have open at once.
+    pub max_upload_sessions_per_principal: usize,
 }
 
 /// Distinct pulled manifests remembered between flushes; beyond this, pulls go unrecorded until the next flush.
@@ -38,6 +40,7 @@ pub struct Registry {
     meta: Arc<dyn MetadataStore>,
     limits: Limits,
     uploads: uploads::UploadStates,
+    session_counts: uploads::SessionCounts,
     manifests: ManifestCache,
     digest_locks: DigestLocks,
     /// Manifests pulled since the last flush; see `flush_pulls`.
@@ -84,6 +87,22 @@ impl ByteRange {
     }
 }
 
+/// A recorded blob whose bytes are missing (`found` is `None`) or of another size than recorded: logged with both
+/// sizes, counted (`berth_blobs_damaged_total`), and a `500` for the client, which sees only the request id.
+fn damaged(digest: &Digest, expected: u64, found: Option<u64>) -> RegistryError {
+    match found {
+        Some(found) => tracing::error!(
+            %digest, expected, found,
+            "stored blob is not of its recorded size (changed behind berth's back?)"
+        ),
+        None => {
+            tracing::error!(%digest, expected, "stored blob is missing (removed behind berth's back?)")
+        }
+    }
+    crate::metrics::metrics().blobs_damaged.inc();
+    RegistryError::Damaged(digest.clone())
+}
+
 impl Registry {
     pub fn new(
         blobs: Arc<dyn BlobStore>,
@@ -93,6 +112,7 @@ impl Registry {
         Registry {
             blobs,
             meta,
+            session_counts: uploads::SessionCounts::new(limits.max_upload_sessions_per_principal),
             limits,
             uploads: Default::default(),
             manifests: ManifestCache::new(64 << 20),
@@ -165,11 +185,22 @@ impl Registry {
     }
 
     /// A blob HEAD: its size, and the link's garbage-collection grace period restarts, because a pushing client
-    /// that sees the blob exists will reference it rather than upload it.
+    /// that sees the blob exists will reference it rather than upload it. The bytes must be in the store, of the
+    /// recorded size, before the size is confirmed (`check_stored`).
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
         let size = self.blob_size(repo, digest).await?;
+        self.check_stored(digest, size).await?;
         self.meta.touch_link(repo, digest).await?;
         Ok(size)
+    }
+
+    /// Checks that a recorded blob's bytes are in the blob store and of the recorded size: a stat, so cheap enough
+    /// for every HEAD; whether they hash to the digest is the scrubber's job.
+    pub async fn check_stored(&self, digest: &Digest, size: u64) -> Result<(), RegistryError> {
+        match self.blobs.stat(digest).await? {
+            Some(len) if len == size => Ok(()),
+            found => Err(damaged(digest, size, found)),
+        }
     }
 
     /// Where to send a client for a blob's bytes instead of streaming them (`storage.redirect_ttl`): a pre-signed
@@ -209,22 +240,30 @@ impl Registry {
             ),
             None => None,
         };
+        // A range read only learns the length of its range, so the whole object is measured first: a truncated
+        // blob must not answer 206 for a range that happens to lie before the cut.
+        if span.is_some() {
+            self.check_stored(digest, size).await?;
+        }
         let reader = match self.blobs.open(digest, span).await {
             Ok(r) => r,
-            Err(StoreError::NotFound) | Err(StoreError::RangeOutsideObject) => {
-                tracing::error!(%digest, "blob row exists but its bytes are missing or short");
-                return Err(RegistryError::Internal(format!(
-                    "stored data for {digest} is damaged"
-                )));
+            Err(StoreError::NotFound) => return Err(damaged(digest, size, None)),
+            Err(StoreError::RangeOutsideObject) => {
+                return Err(damaged(
+                    digest,
+                    size,
+                    self.blobs.stat(digest).await.ok().flatten(),
+                ));
             }
             Err(e) => return Err(e.into()),
         };
         let expected = span.map_or(size, |(s, e)| e - s + 1);
         if reader.len != expected {
-            tracing::error!(%digest, expected, actual = reader.len, "blob bytes do not match recorded size");
-            return Err(RegistryError::Internal(format!(
-                "stored data for {digest} is damaged"
-            )));
+            let found = match span {
+                None => Some(reader.len),
+                Some(_) => self.blobs.stat(digest).await.ok().flatten(),
+            };
+            return Err(damaged(digest, size, found));
         }
         Ok(BlobDownload { size, reader })
     }
@@ -318,6 +357,7 @@ impl Registry {
             self.meta.delete_upload(id).await?;
             self.blobs.delete_upload(id).await?;
             self.uploads.forget(id);
+            self.session_counts.remove(id);
         }
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "expired stale upload sessions");

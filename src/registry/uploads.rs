@@ -9,9 +9,9 @@
 //! other replicas from writing the same session meanwhile. A replica whose in-memory state is not at the committed
 //! length (another replica took chunks since) rebuilds it from the stored bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -47,6 +47,70 @@ impl UploadStates {
 
     pub(super) fn forget(&self, id: &str) {
         self.0.lock().remove(id);
+    }
+}
+
+/// Open upload sessions per principal, so one caller cannot open sessions without end
+/// (`limits.max_upload_sessions_per_principal`). Counted in memory, where sessions are opened and closed, so
+/// checking costs no store query. Sessions from before a restart are not counted (they expire); a session
+/// finished or expired by another replica is noticed when its principal reaches the limit, by asking the
+/// metadata store which of the counted sessions still exist (at most every [`RECOUNT_INTERVAL`]).
+pub(super) struct SessionCounts {
+    limit: usize,
+    inner: parking_lot::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Session ids by principal (`""`: anonymous callers, who count as one).
+    by_principal: HashMap<String, (HashSet<String>, Option<Instant>)>,
+    /// The principal of each counted session.
+    owner: HashMap<String, String>,
+}
+
+/// How often a principal at its limit may have its sessions recounted against the metadata store.
+const RECOUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+impl SessionCounts {
+    pub(super) fn new(limit: usize) -> SessionCounts {
+        SessionCounts {
+            limit,
+            inner: Default::default(),
+        }
+    }
+
+    /// Counts session `id` for `principal` if it is under its limit. `Err(recount)`: at the limit; `recount`
+    /// lists the principal's sessions when it is time to check them against the store.
+    fn try_add(&self, principal: &str, id: &str) -> Result<(), Option<Vec<String>>> {
+        let mut guard = self.inner.lock();
+        let c = &mut *guard;
+        let (ids, last_recount) = c.by_principal.entry(principal.to_owned()).or_default();
+        if ids.len() >= self.limit {
+            let due = last_recount.is_none_or(|t| t.elapsed() >= RECOUNT_INTERVAL);
+            if !due {
+                return Err(None);
+            }
+            *last_recount = Some(Instant::now());
+            return Err(Some(ids.iter().cloned().collect()));
+        }
+        ids.insert(id.to_owned());
+        c.owner.insert(id.to_owned(), principal.to_owned());
+        Ok(())
+    }
+
+    /// Stops counting session `id` (finished, cancelled, expired, or never opened).
+    pub(super) fn remove(&self, id: &str) {
+        let mut guard = self.inner.lock();
+        let c = &mut *guard;
+        let Some(principal) = c.owner.remove(id) else {
+            return;
+        };
+        if let Some((ids, _)) = c.by_principal.get_mut(&principal) {
+            ids.remove(id);
+            if ids.is_empty() {
+                c.by_principal.remove(&principal);
+            }
+        }
     }
 }
 
@@ -105,13 +169,62 @@ fn new_upload_id() -> String {
 }
 
 impl Registry {
-    /// Opens an upload session in `repo`.
+    /// Opens an upload session in `repo` for `principal` (the user name; `""` for anonymous callers), unless it
+    /// already has `limits.max_upload_sessions_per_principal` open.
     pub async fn start_upload(
         &self,
         repo: &RepoName,
         algorithm: Algorithm,
+        principal: &str,
     ) -> Result<UploadStatus, RegistryError> {
         let id = new_upload_id();
+        self.count_session(principal, &id).await?;
+        let opened = self.open_session(repo, algorithm, &id).await;
+        if opened.is_err() {
+            self.session_counts.remove(&id);
+        }
+        opened
+    }
+
+    /// Counts a new session against its principal's limit, or refuses it with `429 TOOMANYREQUESTS`.
+    async fn count_session(&self, principal: &str, id: &str) -> Result<(), RegistryError> {
+        let recount = match self.session_counts.try_add(principal, id) {
+            Ok(()) => return Ok(()),
+            Err(recount) => recount,
+        };
+        // Sessions this process counted may have been finished or expired by another replica. (One being opened
+        // right now has no row yet and is dropped from the count too: a recount can let that many more through.)
+        let mut freed = false;
+        for counted in recount.unwrap_or_default() {
+            if self.meta.upload(&counted).await?.is_none() {
+                self.session_counts.remove(&counted);
+                freed = true;
+            }
+        }
+        if freed && self.session_counts.try_add(principal, id).is_ok() {
+            return Ok(());
+        }
+        let who = match principal {
+            "" => "anonymous callers have".to_owned(),
+            p => format!("user {p:?} has"),
+        };
+        Err(RegistryError::TooManyRequests {
+            retry_after: None,
+            message: format!(
+                "{who} {} upload sessions open, the most allowed \
+                 (limits.max_upload_sessions_per_principal); finish or cancel one first",
+                self.limits.max_upload_sessions_per_principal
+            ),
+        })
+    }
+
+    async fn open_session(
+        &self,
+        repo: &RepoName,
+        algorithm: Algorithm,
+        id: &str,
+    ) -> Result<UploadStatus, RegistryError> {
+        let id = id.to_owned();
         self.blobs.create_upload(&id).await?;
         let rec = UploadRecord {
             id: id.clone(),
@@ -444,6 +557,7 @@ impl Registry {
         *guard = None;
         drop(guard);
         self.uploads.forget(id);
+        self.session_counts.remove(id);
         Ok(size)
     }
 
@@ -455,6 +569,7 @@ impl Registry {
         self.meta.delete_upload(id).await?;
         self.blobs.delete_upload(id).await?;
         self.uploads.forget(id);
+        self.session_counts.remove(id);
         Ok(())
     }
 

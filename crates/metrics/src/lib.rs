@@ -106,6 +106,7 @@ pub struct Metrics {
     pub scrub_problems: Family<ProblemKind, Gauge>,
     pub scrub_checked: Counter,
     pub scrub_repaired: Counter,
+    pub blobs_damaged: Counter,
     pub storage_bytes: Family<StorageKind, Gauge>,
     pub storage_blobs: Gauge,
     pub upload_sessions: Gauge,
@@ -240,6 +241,12 @@ impl Metrics {
             "Damaged mirror cache entries the scrubber dropped so they are fetched again",
             scrub_repaired.clone(),
         );
+        let blobs_damaged = Counter::default();
+        registry.register(
+            "blobs_damaged",
+            "Requests that found a recorded blob's bytes missing or not of the recorded size in the blob store",
+            blobs_damaged.clone(),
+        );
         let storage_bytes = Family::<StorageKind, Gauge>::default();
         registry.register(
             "storage_bytes",
@@ -312,6 +319,7 @@ impl Metrics {
             scrub_problems,
             scrub_checked,
             scrub_repaired,
+            blobs_damaged,
             storage_bytes,
             storage_blobs,
             upload_sessions,
