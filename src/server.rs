@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::stores::{Opened, lock_data_dir, open, open_auth};
 use crate::connections::{self, ConnectionLimits};
+use crate::stores::{Opened, lock_data_dir, open, open_auth};
 
 /// How often expired upload sessions are looked for.
 const UPLOAD_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
