@@ -155,11 +155,3 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes leftovers of interrupted writes (temporary files that were never published).
     async fn reclaim_temporaries(&self) -> Result<u64, StoreError>;
 }
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}

@@ -42,7 +42,7 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Staged upload objects younger than this are not reported by `list_uploads`: with replicas sharing a bucket, a
 /// replica starting up must not take another replica's in-flight monolithic push or mirror download (which have
 /// no session row) for an orphan of a crash.
-const ORPHAN_MIN_AGE_SECS: i64 = 3600;
+const ORPHAN_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The largest object S3 copies in one request (CopyObject, and UploadPartCopy per part): 5 GiB.
 const MAX_COPY_SIZE: u64 = 5 * 1024 * 1024 * 1024;
@@ -544,14 +544,17 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn list_uploads(&self) -> Result<Vec<String>, StoreError> {
-        let cutoff = crate::now() - ORPHAN_MIN_AGE_SECS;
-        let mut newest: std::collections::HashMap<String, i64> = Default::default();
+        let cutoff = std::time::SystemTime::now() - ORPHAN_MIN_AGE;
+        let mut newest: std::collections::HashMap<String, std::time::SystemTime> =
+            Default::default();
         let mut objects = self.store.list(Some(&Path::from("uploads")));
         while let Some(m) = objects.next().await {
             let m = m.map_err(backend_error)?;
             if let Some(id) = m.location.parts().nth(1) {
-                let t = newest.entry(id.as_ref().to_owned()).or_insert(i64::MIN);
-                *t = (*t).max(m.last_modified.timestamp());
+                let t = newest
+                    .entry(id.as_ref().to_owned())
+                    .or_insert(std::time::UNIX_EPOCH);
+                *t = (*t).max(m.last_modified.into());
             }
         }
         Ok(newest

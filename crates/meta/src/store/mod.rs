@@ -103,9 +103,8 @@ impl SqlStore {
 
     /// One point read (see `read_tx!`).
     pub(super) async fn read(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>, MetaError> {
-        let sql = sql.to_owned();
         read_tx!(&self.db, |tx| async {
-            tx.query(&sql, &as_params(&params)).await
+            tx.query(sql, &as_params(&params)).await
         })
     }
 
