@@ -26,16 +26,6 @@ fn start_capped() -> (common::Berth, Reg, tempfile::TempDir) {
     (b, r, dir)
 }
 
-async fn push_tags(r: &Reg, repo: &str, tags: &[&str]) -> String {
-    let config = format!("{{\"repo\":\"{repo}\"}}").into_bytes();
-    r.push_blob(repo, &config).await;
-    let body = oci_manifest(&desc(OCI_CONFIG, &config), &[]);
-    for t in tags {
-        r.push_manifest(repo, t, OCI_MANIFEST, &body).await;
-    }
-    sha256(&body)
-}
-
 fn strings(v: &Value, key: &str) -> Vec<String> {
     v.get(key)
         .and_then(Value::as_array)
@@ -70,7 +60,7 @@ async fn pages(r: &Reg, first: &str, key: &str) -> Vec<Vec<String>> {
 async fn catalog_huge_n_is_a_capped_page_with_link() {
     let (_b, r, _dir) = start_capped();
     for repo in ["cap/a", "cap/b", "cap/c"] {
-        push_tags(&r, repo, &["v1"]).await;
+        r.push_tags(repo, &["v1"]).await;
     }
     for n in HUGE_NS {
         let got = pages(&r, &format!("/v2/_catalog?n={n}"), "repositories").await;
@@ -85,7 +75,7 @@ async fn catalog_huge_n_is_a_capped_page_with_link() {
 #[tokio::test]
 async fn tags_list_huge_n_is_a_capped_page_with_link() {
     let (_b, r, _dir) = start_capped();
-    push_tags(&r, "cap/tags", &["a", "b", "c"]).await;
+    r.push_tags("cap/tags", &["a", "b", "c"]).await;
     for n in HUGE_NS {
         let got = pages(&r, &format!("/v2/cap/tags/tags/list?n={n}"), "tags").await;
         assert_eq!(got, [vec!["a", "b"], vec!["c"]], "n={n}");
@@ -99,7 +89,7 @@ async fn tags_list_huge_n_is_a_capped_page_with_link() {
 async fn huge_n_on_the_default_server_is_200_not_500() {
     let b = common::Berth::start();
     let r = Reg::new(b.url(), common::client());
-    let subject = push_tags(&r, "big/n", &["a", "b"]).await;
+    let subject = r.push_tags("big/n", &["a", "b"]).await;
     for n in HUGE_NS {
         for path in [
             format!("/v2/_catalog?n={n}"),
@@ -124,7 +114,7 @@ async fn huge_n_on_the_default_server_is_200_not_500() {
 async fn negative_or_non_numeric_n_is_400_pagination_number_invalid() {
     let b = common::Berth::start();
     let r = Reg::new(b.url(), common::client());
-    push_tags(&r, "bad/n", &["a"]).await;
+    r.push_tags("bad/n", &["a"]).await;
     for n in ["-1", "-9223372036854775808", "abc", "1e3", "%00"] {
         for path in [
             format!("/v2/_catalog?n={n}"),
@@ -144,7 +134,7 @@ async fn negative_or_non_numeric_n_is_400_pagination_number_invalid() {
 async fn nul_in_last_is_400_on_catalog_and_tags_list() {
     let b = common::Berth::start();
     let r = Reg::new(b.url(), common::client());
-    push_tags(&r, "nul/last", &["a", "b"]).await;
+    r.push_tags("nul/last", &["a", "b"]).await;
     for last in ["%00", "a%00b", "nul%00"] {
         for path in [
             format!("/v2/_catalog?last={last}"),
@@ -166,7 +156,7 @@ async fn nul_in_last_is_400_on_catalog_and_tags_list() {
 async fn nul_in_ui_search_is_400() {
     let b = common::Berth::start();
     let r = Reg::new(b.url(), common::client());
-    push_tags(&r, "nul/ui", &["a"]).await;
+    r.push_tags("nul/ui", &["a"]).await;
     for path in [
         "/ui?q=%00",
         "/ui?q=a%00b",

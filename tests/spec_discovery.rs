@@ -20,17 +20,6 @@ fn start() -> (Option<common::Berth>, Reg) {
     }
 }
 
-/// Pushes one small manifest (its blobs once) and tags it with every tag in `tags`.
-async fn push_tags(r: &Reg, repo: &str, tags: &[&str]) -> String {
-    let config = format!("{{\"repo\":\"{repo}\"}}").into_bytes();
-    r.push_blob(repo, &config).await;
-    let body = oci_manifest(&desc(OCI_CONFIG, &config), &[]);
-    for t in tags {
-        r.push_manifest(repo, t, OCI_MANIFEST, &body).await;
-    }
-    sha256(&body)
-}
-
 async fn json_of(resp: reqwest::Response) -> Value {
     let (_, body) = expect_status(resp, 200).await;
     serde_json::from_slice(&body).expect("JSON body")
@@ -58,7 +47,8 @@ fn link_path(link: &str) -> &str {
 #[tokio::test]
 async fn tags_list_returns_all_tags_in_lexical_order() {
     let (_b, r) = start();
-    push_tags(&r, "disc/tags", &["v2", "latest", "v10", "1.0", "alpha"]).await;
+    r.push_tags("disc/tags", &["v2", "latest", "v10", "1.0", "alpha"])
+        .await;
     let v = json_of(r.get("/v2/disc/tags/tags/list").await).await;
     assert_eq!(v["name"], "disc/tags");
     assert_eq!(strings(&v, "tags"), ["1.0", "alpha", "latest", "v10", "v2"]);
@@ -68,7 +58,7 @@ async fn tags_list_returns_all_tags_in_lexical_order() {
 async fn tags_list_n_paginates_with_link_next() {
     let (_b, r) = start();
     let all = ["a", "b", "c", "d", "e"];
-    push_tags(&r, "disc/page", &all).await;
+    r.push_tags("disc/page", &all).await;
     let resp = r.get("/v2/disc/page/tags/list?n=2").await;
     let link = next_link(&resp).expect("Link header when more tags are available");
     let path = link_path(&link).to_string();
@@ -106,7 +96,7 @@ async fn tags_list_n_paginates_with_link_next() {
 #[tokio::test]
 async fn tags_list_n_zero_is_empty_without_link() {
     let (_b, r) = start();
-    push_tags(&r, "disc/zero", &["a", "b"]).await;
+    r.push_tags("disc/zero", &["a", "b"]).await;
     let resp = r.get("/v2/disc/zero/tags/list?n=0").await;
     assert!(
         resp.headers().get("link").is_none(),
@@ -122,7 +112,7 @@ async fn tags_list_n_zero_is_empty_without_link() {
 #[tokio::test]
 async fn tags_list_last_returns_tags_after_last() {
     let (_b, r) = start();
-    push_tags(&r, "disc/last", &["a", "b", "c", "d"]).await;
+    r.push_tags("disc/last", &["a", "b", "c", "d"]).await;
     let v = json_of(r.get("/v2/disc/last/tags/list?last=b").await).await;
     assert_eq!(strings(&v, "tags"), ["c", "d"]);
     let v = json_of(r.get("/v2/disc/last/tags/list?n=1&last=b").await).await;
@@ -135,7 +125,7 @@ async fn tags_list_last_returns_tags_after_last() {
 #[tokio::test]
 async fn tags_list_last_past_the_end_is_empty_without_link() {
     let (_b, r) = start();
-    push_tags(&r, "disc/pastend", &["a", "b"]).await;
+    r.push_tags("disc/pastend", &["a", "b"]).await;
     let resp = r.get("/v2/disc/pastend/tags/list?n=5&last=b").await;
     assert!(resp.headers().get("link").is_none());
     assert!(strings(&json_of(resp).await, "tags").is_empty());
@@ -144,7 +134,7 @@ async fn tags_list_last_past_the_end_is_empty_without_link() {
 #[tokio::test]
 async fn tags_list_of_repository_without_tags_is_200_empty() {
     let (_b, r) = start();
-    let digest = push_tags(&r, "disc/untagged", &["only"]).await;
+    let digest = r.push_tags("disc/untagged", &["only"]).await;
     let resp = r.delete("/v2/disc/untagged/manifests/only").await;
     assert_eq!(resp.status().as_u16(), 202);
     // The repository still holds the manifest (by digest), so it is found; its tag list is empty.
@@ -162,7 +152,7 @@ async fn tags_list_of_repository_without_tags_is_200_empty() {
 #[tokio::test]
 async fn tags_list_n_beyond_count_returns_all_without_link() {
     let (_b, r) = start();
-    push_tags(&r, "disc/few", &["x", "y", "z"]).await;
+    r.push_tags("disc/few", &["x", "y", "z"]).await;
     let resp = r.get("/v2/disc/few/tags/list?n=100").await;
     assert!(
         resp.headers().get("link").is_none(),
@@ -174,7 +164,7 @@ async fn tags_list_n_beyond_count_returns_all_without_link() {
 #[tokio::test]
 async fn tags_list_of_unknown_repository_is_404_name_unknown() {
     let (_b, r) = start();
-    push_tags(&r, "disc/known", &["a"]).await;
+    r.push_tags("disc/known", &["a"]).await;
     expect_error(
         r.get("/v2/disc/unknown/tags/list").await,
         404,
@@ -187,7 +177,7 @@ async fn tags_list_of_unknown_repository_is_404_name_unknown() {
 async fn catalog_lists_repositories_in_lexical_order() {
     let (_b, r) = start();
     for repo in ["zeta", "alpha/one", "alpha", "mid/x/y"] {
-        push_tags(&r, repo, &["t"]).await;
+        r.push_tags(repo, &["t"]).await;
     }
     let v = json_of(r.get("/v2/_catalog").await).await;
     assert_eq!(
@@ -201,7 +191,7 @@ async fn catalog_n_paginates_with_link_next() {
     let (_b, r) = start();
     let all = ["r1", "r2", "r3", "r4", "r5"];
     for repo in all {
-        push_tags(&r, repo, &["t"]).await;
+        r.push_tags(repo, &["t"]).await;
     }
     let resp = r.get("/v2/_catalog?n=2").await;
     let link = next_link(&resp).expect("Link header when more repositories are available");
@@ -231,7 +221,7 @@ async fn catalog_n_paginates_with_link_next() {
 #[tokio::test]
 async fn catalog_n_zero_is_empty_without_link() {
     let (_b, r) = start();
-    push_tags(&r, "one", &["t"]).await;
+    r.push_tags("one", &["t"]).await;
     let resp = r.get("/v2/_catalog?n=0").await;
     assert!(resp.headers().get("link").is_none());
     assert!(strings(&json_of(resp).await, "repositories").is_empty());

@@ -162,20 +162,10 @@ impl Berth {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Berth {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let port = free_port();
-        let child = Self::command(port, &data_dir, &data_dir, extra, true)
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("spawn berth");
-        let mut b = Berth {
-            child,
-            port,
-            data_dir: data_dir.clone(),
-            metadata_dir: data_dir,
-            _tmp: Some(tmp),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            open_access: true,
-        };
+        let mut b = Self::launch(&data_dir, &data_dir, extra, true, |c| {
+            c.envs(env.iter().copied());
+        });
+        b._tmp = Some(tmp);
         b.wait_ready();
         b
     }
@@ -197,22 +187,10 @@ impl Berth {
 
     /// [`Berth::start_secure_on`] with the server's log at `info` written to `log` (for tests that read it).
     pub fn start_secure_logging(data_dir: &Path, extra: &[&str], log: &Path) -> Berth {
-        let port = free_port();
         let file = std::fs::File::create(log).expect("create log file");
-        let child = Self::command(port, data_dir, data_dir, extra, false)
-            .env("RUST_LOG", "info")
-            .stderr(file)
-            .spawn()
-            .expect("spawn berth");
-        let mut b = Berth {
-            child,
-            port,
-            data_dir: data_dir.to_path_buf(),
-            metadata_dir: data_dir.to_path_buf(),
-            _tmp: None,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            open_access: false,
-        };
+        let mut b = Self::launch(data_dir, data_dir, extra, false, |c| {
+            c.env("RUST_LOG", "info").stderr(file);
+        });
         b.wait_ready();
         b
     }
@@ -260,19 +238,7 @@ impl Berth {
             std::fs::create_dir_all(&shared).expect("create shared dir");
             std::os::unix::fs::symlink(&shared, data_dir.join(sub)).expect("link shared dir");
         }
-        let port = free_port();
-        let child = Self::command(port, data_dir, &of.metadata_dir, extra, open_access)
-            .spawn()
-            .expect("spawn berth replica");
-        let mut b = Berth {
-            child,
-            port,
-            data_dir: data_dir.to_path_buf(),
-            metadata_dir: of.metadata_dir.clone(),
-            _tmp: None,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            open_access,
-        };
+        let mut b = Self::launch(data_dir, &of.metadata_dir, extra, open_access, |_| {});
         b.wait_ready();
         b
     }
@@ -307,20 +273,31 @@ impl Berth {
         c
     }
 
-    fn spawn(data_dir: &Path, extra: &[&str], open_access: bool) -> Berth {
+    /// Starts `berth serve` on a free port (not waiting for it); `configure` adds to the command line.
+    fn launch(
+        data_dir: &Path,
+        metadata_dir: &Path,
+        extra: &[&str],
+        open_access: bool,
+        configure: impl FnOnce(&mut Command),
+    ) -> Berth {
         let port = free_port();
-        let child = Self::command(port, data_dir, data_dir, extra, open_access)
-            .spawn()
-            .expect("spawn berth");
-        let mut b = Berth {
-            child,
+        let mut cmd = Self::command(port, data_dir, metadata_dir, extra, open_access);
+        configure(&mut cmd);
+        Berth {
+            child: cmd.spawn().expect("spawn berth"),
             port,
             data_dir: data_dir.to_path_buf(),
-            metadata_dir: data_dir.to_path_buf(),
+            metadata_dir: metadata_dir.to_path_buf(),
             _tmp: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             open_access,
-        };
+        }
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], open_access: bool) -> Berth {
+        let mut b = Self::launch(data_dir, data_dir, extra, open_access, |_| {});
+        let port = b.port;
         if let Err(e) = b.try_wait_ready() {
             // CI once saw a fresh test database missing right after its creation; say so loudly, create it
             // again and start once more, so the run reports on berth rather than on the test cluster.

@@ -300,6 +300,17 @@ impl Reg {
         sha256(body)
     }
 
+    /// Pushes one small manifest (its config blob once) and tags it with every tag in `tags`; returns its digest.
+    pub async fn push_tags(&self, repo: &str, tags: &[&str]) -> String {
+        let config = format!("{{\"repo\":\"{repo}\"}}").into_bytes();
+        self.push_blob(repo, &config).await;
+        let body = oci_manifest(&desc(OCI_CONFIG, &config), &[]);
+        for t in tags {
+            self.push_manifest(repo, t, OCI_MANIFEST, &body).await;
+        }
+        sha256(&body)
+    }
+
     /// Pushes a config blob, a layer blob and an OCI image manifest (tagged `tag`, or by digest when `tag` is
     /// empty). `seed` makes the content unique.
     pub async fn push_image(&self, repo: &str, tag: &str, seed: &str) -> Image {
